@@ -1,0 +1,208 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the operator's
+//! session API under `/admin` (bearer `admin.token`, compared in constant time).
+//!
+//! Framework-free like [`crate::api`]: the server glue parses the request
+//! and writes back the [`Response`].
+
+use http::{HeaderMap, HeaderValue, Method, header};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::api::Response;
+use crate::gate::{Gate, bearer, now_ms, store_reject};
+use crate::reject::Reject;
+use crate::session::Status;
+
+pub async fn handle(
+    gate: &Gate,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    match route(gate, method, path, query, headers).await {
+        Ok(r) => r,
+        Err(r) => Response::reject(&r),
+    }
+}
+
+fn text(status: u16, body: &str) -> Response {
+    Response {
+        status,
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+async fn route(
+    gate: &Gate,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, Reject> {
+    let get_only = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Reject::MethodNotAllowed("GET"))
+        }
+    };
+    match path {
+        "/healthz" => {
+            get_only(method == Method::GET)?;
+            Ok(text(200, "ok\n"))
+        }
+        "/readyz" => {
+            get_only(method == Method::GET)?;
+            Ok(match gate.store.ping().await {
+                Ok(()) => text(200, "ready\n"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not ready: store unreachable");
+                    text(503, "store unavailable\n")
+                }
+            })
+        }
+        "/metrics" => {
+            get_only(method == Method::GET)?;
+            let mut r = text(200, "");
+            r.headers = vec![(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            )];
+            r.body = gate.metrics.render();
+            Ok(r)
+        }
+        p if p.starts_with("/admin/") => {
+            authorize(gate, headers)?;
+            admin_api(gate, method, p, query).await
+        }
+        _ => Err(Reject::NotFound),
+    }
+}
+
+fn authorize(gate: &Gate, headers: &HeaderMap) -> Result<(), Reject> {
+    let presented = bearer(headers).ok_or(Reject::MissingTicket)?;
+    let settings = gate.settings();
+    let expected = settings
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref())
+        .ok_or(Reject::InvalidTicket)?;
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Reject::InvalidTicket)
+    }
+}
+
+async fn admin_api(
+    gate: &Gate,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response, Reject> {
+    let s = gate.settings();
+    let now = now_ms();
+    let view = |x: &crate::session::Session| {
+        serde_json::to_value(x.view(s.rules.idle_ms)).unwrap_or_default()
+    };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["admin", "sessions"] => {
+            if method != Method::GET {
+                return Err(Reject::MethodNotAllowed("GET"));
+            }
+            let user = query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
+                .map(percent_decode)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| Reject::BadRequest("the user query parameter is required".into()))?;
+            let sessions = gate
+                .store
+                .list(&user, now, s.rules)
+                .await
+                .map_err(store_reject)?;
+            let views: Vec<_> = sessions.iter().map(view).collect();
+            Ok(Response::json(200, &json!({"sessions": views})))
+        }
+        ["admin", "sessions", id, "revoke"] => {
+            if method != Method::POST {
+                return Err(Reject::MethodNotAllowed("POST"));
+            }
+            let session = gate
+                .store
+                .set_status(id, Status::Revoked, now, s.rules)
+                .await
+                .map_err(store_reject)?
+                .ok_or(Reject::NotFound)?;
+            gate.cache.forget(id);
+            tracing::info!(sid = %id, "session revoked by operator");
+            Ok(Response::json(200, &json!({"session": view(&session)})))
+        }
+        ["admin", "users", id, "revoke"] => {
+            if method != Method::POST {
+                return Err(Reject::MethodNotAllowed("POST"));
+            }
+            let user = percent_decode(id);
+            let n = gate
+                .store
+                .revoke_user(&user, now, s.rules)
+                .await
+                .map_err(store_reject)?;
+            tracing::info!(%user, revoked = n, "user's sessions revoked by operator");
+            Ok(Response::json(200, &json!({"revoked": n})))
+        }
+        _ => Err(Reject::NotFound),
+    }
+}
+
+/// `%XX` and `+` decoding for ids in admin paths and queries.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_ids() {
+        assert_eq!(percent_decode("u-alice"), "u-alice");
+        assert_eq!(percent_decode("a%40b.c"), "a@b.c");
+        assert_eq!(percent_decode("50%"), "50%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,231 @@
+//! Raw shapes, exactly as written, and the serde_yaml front end. Values that need checking stay
+//! strings here and are parsed in `check`, which reports every problem rather than the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use super::ConfigError;
+use super::source::SourceMap;
+
+pub(super) fn deserialize<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    map: &SourceMap,
+    file: &Path,
+) -> Result<T, Vec<ConfigError>> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let (line, col) = e
+            .location()
+            .map_or((1, 1), |l| map.to_orig((l.line(), l.column())));
+        vec![ConfigError {
+            file: file.to_owned(),
+            line,
+            col,
+            message: strip_marks(&e.to_string()),
+        }]
+    })
+}
+
+/// Drops serde_yaml's ` at line N column M`: those count in the substituted text, and the
+/// location is already given up front.
+fn strip_marks(message: &str) -> String {
+    const AT: &str = " at line ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(AT) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + AT.len()..];
+        let line_digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let tail = after[line_digits..].strip_prefix(" column ");
+        let col_digits = tail.map_or(0, |t| t.bytes().take_while(u8::is_ascii_digit).count());
+        match tail {
+            Some(t) if line_digits > 0 && col_digits > 0 => rest = &t[col_digits..],
+            _ => {
+                out.push_str(AT);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) listen: Addrs,
+    pub(super) admin: Option<RawAdmin>,
+    pub(super) store: RawStore,
+    pub(super) tickets: RawTickets,
+    pub(super) sessions: Option<RawSessions>,
+    pub(super) identity: Option<RawIdentity>,
+    pub(super) login: Option<RawLogin>,
+    pub(super) routes: Vec<RawRoute>,
+    pub(super) server: Option<RawServer>,
+}
+
+/// `listen` takes one address or a list.
+pub(super) enum Addrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Addrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Addrs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address or a list of addresses")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Addrs, E> {
+                Ok(Addrs::One(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Addrs, A::Error> {
+                let mut all = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    all.push(s);
+                }
+                Ok(Addrs::Many(all))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: String,
+    pub(super) token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) kind: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) cluster: Option<Vec<String>>,
+    pub(super) sentinel: Option<RawSentinel>,
+    pub(super) key_prefix: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) on_unavailable: Option<String>,
+    pub(super) grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub(super) master: String,
+    pub(super) nodes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTickets {
+    pub(super) keys: Vec<RawKey>,
+    pub(super) issuer: Option<String>,
+    pub(super) leeway: Option<String>,
+    pub(super) from: Option<Vec<String>>,
+    pub(super) cookie: Option<RawCookie>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub(super) id: String,
+    /// Optional here so an empty `${VAR}` gets a located, specific message.
+    pub(super) secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCookie {
+    pub(super) name: Option<String>,
+    pub(super) secure: Option<bool>,
+    pub(super) same_site: Option<String>,
+    pub(super) domain: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSessions {
+    pub(super) ttl: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) touch_interval: Option<String>,
+    pub(super) max_lifetime: Option<String>,
+    /// Signed so a negative count gets our message, not serde's `expected u32`.
+    pub(super) max_per_user: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    pub(super) header_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogin {
+    pub(super) users_file: Option<String>,
+    pub(super) delegate: Option<RawDelegate>,
+    pub(super) rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDelegate {
+    pub(super) url: String,
+    pub(super) timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub(super) per_ip: Option<String>,
+    pub(super) per_user: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: String,
+    pub(super) kind: String,
+    pub(super) host: Option<String>,
+    pub(super) path: String,
+    pub(super) strip_prefix: Option<bool>,
+    pub(super) upstreams: Vec<String>,
+    pub(super) auth: Option<String>,
+    pub(super) roles: Option<Vec<String>>,
+    pub(super) origins: Option<Vec<String>>,
+    pub(super) timeout: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) threads: Option<i64>,
+    pub(super) grace_period: Option<String>,
+    pub(super) shutdown_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUsersFile {
+    pub(super) users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUser {
+    pub(super) username: String,
+    pub(super) password_hash: String,
+    pub(super) id: Option<String>,
+    pub(super) name: Option<String>,
+    pub(super) roles: Option<Vec<String>>,
+    pub(super) vars: Option<BTreeMap<String, String>>,
+}

@@ -1,0 +1,417 @@
+//! The gate's shared state and the admission decision every request goes
+//! through: find the ticket, verify it, and ask the store (or the
+//! short-lived liveness cache) whether its session is still `active`.
+//!
+//! [`Settings`] is everything derived from one config file; a reload builds a
+//! new one and swaps it in atomically, so a request sees one consistent
+//! config from start to end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Config, TicketSource, UserEntry};
+use crate::metrics::Metrics;
+use crate::reject::Reject;
+use crate::route::RouteTable;
+use crate::session::{Liveness, Status};
+use crate::store::{Rules, SessionStore, StoreError};
+use crate::ticket::{Claims, Key, KeyRing};
+use crate::tunnel::Tunnels;
+
+/// How long a node trusts a liveness answer without asking the store again.
+/// Status changes are also pushed over the events channel, which drops the
+/// entry at once; this bounds the delay if an event is lost.
+pub const CACHE_TTL_MS: u64 = 1_000;
+
+/// How long a dead session stays readable (and listed) after its
+/// `max_lifetime`, before its keys expire.
+pub const RETAIN_MS: u64 = 24 * 3600 * 1000;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Identity header names, built once per config.
+pub struct IdentityHeaders {
+    /// Lowercased prefix, for the case-insensitive strip.
+    pub prefix_lower: String,
+    pub id: HeaderName,
+    pub user: HeaderName,
+    pub name: HeaderName,
+    pub roles: HeaderName,
+    /// `<prefix>Var-`, to which a var's key is appended.
+    pub var_prefix: String,
+}
+
+impl IdentityHeaders {
+    fn new(prefix: &str) -> Result<IdentityHeaders, String> {
+        let h = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .map_err(|e| format!("identity.header_prefix: {e}"))
+        };
+        Ok(IdentityHeaders {
+            prefix_lower: prefix.to_ascii_lowercase(),
+            id: h("Id")?,
+            user: h("User")?,
+            name: h("Name")?,
+            roles: h("Roles")?,
+            var_prefix: format!("{prefix}Var-"),
+        })
+    }
+
+    /// Whether a client-sent header must be removed before forwarding.
+    pub fn is_identity(&self, name: &HeaderName) -> bool {
+        // HeaderName is always lowercase.
+        name.as_str().starts_with(&self.prefix_lower)
+    }
+
+    /// The headers an admitted request carries upstream.
+    pub fn for_claims(&self, c: &Claims) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(4 + c.vars.len());
+        let mut push = |name: HeaderName, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                out.push((name, v));
+            }
+        };
+        push(self.id.clone(), &c.sid);
+        push(self.user.clone(), &c.sub);
+        push(self.name.clone(), &c.name);
+        push(self.roles.clone(), &c.roles.join(","));
+        for (k, v) in &c.vars {
+            if let Ok(name) = HeaderName::from_bytes(format!("{}{k}", self.var_prefix).as_bytes()) {
+                push(name, v);
+            }
+        }
+        out
+    }
+}
+
+/// Everything derived from one config file.
+pub struct Settings {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub keys: KeyRing,
+    pub rules: Rules,
+    pub identity: IdentityHeaders,
+    /// users file entries by username
+    pub users: HashMap<String, UserEntry>,
+    /// The ticket cookie's name (`__Host-<name>` when secure).
+    pub cookie_name: String,
+}
+
+impl Settings {
+    pub fn new(config: Config, users: Vec<UserEntry>) -> Result<Settings, String> {
+        let keys = KeyRing::new(
+            config
+                .tickets
+                .keys
+                .iter()
+                .map(|k| Key::new(k.id.clone(), k.secret.clone()))
+                .collect(),
+            config.tickets.issuer.clone(),
+            config.tickets.leeway.as_secs(),
+        );
+        let rules = Rules {
+            idle_ms: ms(config.sessions.idle_timeout),
+            touch_ms: ms(config.sessions.touch_interval),
+            retain_ms: RETAIN_MS,
+        };
+        let identity = IdentityHeaders::new(&config.identity.header_prefix)?;
+        let cookie = &config.tickets.cookie;
+        let cookie_name = if cookie.secure {
+            format!("__Host-{}", cookie.name)
+        } else {
+            cookie.name.clone()
+        };
+        Ok(Settings {
+            routes: RouteTable::new(&config.routes),
+            keys,
+            rules,
+            identity,
+            users: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
+            cookie_name,
+            config,
+        })
+    }
+
+    pub fn ttl_ms(&self) -> u64 {
+        ms(self.config.sessions.ttl)
+    }
+
+    pub fn max_lifetime_ms(&self) -> u64 {
+        ms(self.config.sessions.max_lifetime)
+    }
+}
+
+/// Where the request's ticket came from; the gate removes cookie and query
+/// tickets before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketFrom {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// Finds the ticket in the configured places, in the configured order.
+/// `?ticket=` is only honoured on WebSocket handshakes: browsers cannot set
+/// headers there, and tickets in ordinary URLs leak into logs and referrers.
+pub fn find_ticket<'a>(
+    s: &Settings,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    websocket: bool,
+) -> Option<(&'a str, TicketFrom)> {
+    for from in &s.config.tickets.from {
+        let found = match from {
+            TicketSource::Header => bearer(headers).map(|t| (t, TicketFrom::Header)),
+            TicketSource::Cookie => {
+                cookie(headers, &s.cookie_name).map(|t| (t, TicketFrom::Cookie))
+            }
+            TicketSource::Query if websocket => {
+                query.and_then(query_ticket).map(|t| (t, TicketFrom::Query))
+            }
+            TicketSource::Query => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A cookie's value, looked up across every `Cookie` header.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name)
+                .then_some(v.trim_matches('"'))
+                .filter(|v| !v.is_empty())
+        })
+}
+
+fn query_ticket(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ticket="))
+        .filter(|t| !t.is_empty())
+}
+
+/// The query string without its `ticket` parameter (`None` if nothing is left).
+pub fn query_without_ticket(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && *kv != "ticket" && !kv.starts_with("ticket="))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// The `Cookie` header value without the ticket cookie (`None` if nothing is left).
+pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    live: Liveness,
+    checked_at: u64,
+}
+
+/// Per-node liveness cache: skips the store round trip for a session checked
+/// within [`CACHE_TTL_MS`] whose `lastActiveAt` is not yet due a write.
+/// Entries are dropped on every status event from any node.
+#[derive(Default)]
+pub struct LivenessCache {
+    map: Mutex<HashMap<String, CacheEntry>>,
+}
+
+const CACHE_MAX: usize = 200_000;
+
+impl LivenessCache {
+    fn fresh(&self, sid: &str, now: u64, rules: Rules) -> bool {
+        let Ok(map) = self.map.lock() else {
+            return false;
+        };
+        map.get(sid).is_some_and(|e| {
+            let mut l = e.live;
+            now.saturating_sub(e.checked_at) < CACHE_TTL_MS
+                && l.apply_clock(now, rules.idle_ms).is_none()
+                && l.status.is_active()
+                && !l.touch_due(now, rules.touch_ms)
+        })
+    }
+
+    fn put(&self, sid: &str, live: Liveness, now: u64) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= CACHE_MAX {
+                map.retain(|_, e| now.saturating_sub(e.checked_at) < CACHE_TTL_MS);
+            }
+            match map.get_mut(sid) {
+                Some(e) => {
+                    *e = CacheEntry {
+                        live,
+                        checked_at: now,
+                    }
+                }
+                None => {
+                    map.insert(
+                        sid.to_owned(),
+                        CacheEntry {
+                            live,
+                            checked_at: now,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn forget(&self, sid: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(sid);
+        }
+    }
+}
+
+/// Everything the proxy, the session API and the admin listener share.
+pub struct Gate {
+    settings: ArcSwap<Settings>,
+    pub store: Arc<dyn SessionStore>,
+    pub cache: LivenessCache,
+    pub tunnels: Tunnels,
+    pub metrics: Metrics,
+    pub config_path: std::path::PathBuf,
+}
+
+impl Gate {
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn SessionStore>,
+        config_path: std::path::PathBuf,
+    ) -> Arc<Gate> {
+        Arc::new(Gate {
+            settings: ArcSwap::from_pointee(settings),
+            store,
+            cache: LivenessCache::default(),
+            tunnels: Tunnels::default(),
+            metrics: Metrics::new(),
+            config_path,
+        })
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    pub fn swap_settings(&self, s: Settings) {
+        self.settings.store(Arc::new(s));
+    }
+
+    /// Verifies a ticket and its session's liveness: at most one store round
+    /// trip, none when the cache vouches for the session.
+    pub async fn admit(
+        &self,
+        s: &Settings,
+        ticket: Option<&str>,
+        now: u64,
+    ) -> Result<Claims, Reject> {
+        let ticket = ticket.ok_or(Reject::MissingTicket)?;
+        let claims = s.keys.verify(ticket, now / 1000).map_err(|e| {
+            tracing::debug!(reason = %e, "ticket rejected");
+            Reject::InvalidTicket
+        })?;
+        if self.cache.fresh(&claims.sid, now, s.rules) {
+            return Ok(claims);
+        }
+        let live = self.check(&claims.sid, now, s.rules).await?;
+        match live {
+            Some(l) if l.status.is_active() => {
+                self.cache.put(&claims.sid, l, now);
+                Ok(claims)
+            }
+            Some(l) => {
+                self.cache.forget(&claims.sid);
+                Err(Reject::Session(l.status))
+            }
+            None => Err(Reject::InvalidTicket),
+        }
+    }
+
+    /// `store.check`, timed for the latency histogram.
+    pub async fn check(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Liveness>, Reject> {
+        let started = std::time::Instant::now();
+        let out = self.store.check(sid, now, rules).await;
+        self.metrics
+            .store_latency
+            .with_label_values(&["check"])
+            .observe(started.elapsed().as_secs_f64());
+        out.map_err(store_reject)
+    }
+
+    /// Acts on status events from every node: drop cached liveness and end
+    /// the session's WebSocket tunnels. Runs for the life of the gate.
+    pub async fn follow_events(self: Arc<Self>) {
+        let mut rx = self.store.events();
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    self.cache.forget(&ev.sid);
+                    if let Some(st) = Status::parse(&ev.status).filter(|s| !s.is_active()) {
+                        self.tunnels.end_session(&ev.sid, st);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "session events lagged; clearing liveness cache");
+                    if let Ok(mut m) = self.cache.map.lock() {
+                        m.clear();
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Store failures become 503 for the client and a log line for the operator.
+pub fn store_reject(e: StoreError) -> Reject {
+    tracing::warn!(error = %e, "session store unavailable");
+    Reject::StoreUnavailable
+}

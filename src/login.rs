@@ -1,0 +1,222 @@
+//! Credential checks for `POST /_session/login`: the users file (argon2id
+//! hashes) or a delegate HTTP service (SPEC section 3).
+//!
+//! A delegate's 4xx refuses with `bad_credentials`; its 5xx, a timeout or a
+//! malformed answer refuses with `upstream_unavailable` and never admits.
+
+use std::collections::BTreeMap;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{DelegateConfig, UserEntry};
+use crate::gate::Settings;
+use crate::reject::Reject;
+
+/// Who the credential check says the user is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Identity {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// A hash verified when the username is unknown, so a miss costs as much
+/// time as a wrong password and usernames cannot be probed by timing.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2Vzc2lvbmdhdGVkdW1teQ$0AvgVEWqTQ2ThlPHJtv/oBmT5D8Wq8Dm5N3ybgyobLQ";
+
+pub async fn check(
+    s: &Settings,
+    username: &str,
+    password: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Identity, Reject> {
+    let Some(login) = &s.config.login else {
+        return Err(Reject::NotFound);
+    };
+    if let Some(d) = &login.delegate {
+        return delegate(d, username, password, vars).await;
+    }
+    let entry = s.users.get(username).cloned();
+    let password = password.to_owned();
+    let hash = entry
+        .as_ref()
+        .map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
+    // argon2 is deliberately slow: keep it off the proxy's event loop.
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    match entry {
+        Some(u) if ok => Ok(identity_of(&u)),
+        _ => Err(Reject::BadCredentials),
+    }
+}
+
+fn identity_of(u: &UserEntry) -> Identity {
+    Identity {
+        id: u.id.clone(),
+        name: u.name.clone(),
+        roles: u.roles.clone(),
+        vars: u.vars.clone(),
+    }
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed password hash in users file");
+            false
+        }
+    }
+}
+
+/// argon2id PHC string with the crate's default (OWASP) parameters.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::PasswordHasher;
+    use argon2::password_hash::SaltString;
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+async fn delegate(
+    d: &DelegateConfig,
+    username: &str,
+    password: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Identity, Reject> {
+    let body = serde_json::json!({"username": username, "password": password, "vars": vars});
+    let body = serde_json::to_vec(&body).map_err(|_| Reject::UpstreamUnavailable)?;
+    let answer = tokio::time::timeout(d.timeout, post_json(&d.url, &body)).await;
+    let (status, resp) = match answer {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(url = %d.url, error = %e, "login delegate unreachable");
+            return Err(Reject::UpstreamUnavailable);
+        }
+        Err(_) => {
+            tracing::warn!(url = %d.url, timeout = ?d.timeout, "login delegate timed out");
+            return Err(Reject::UpstreamUnavailable);
+        }
+    };
+    match status {
+        200 => serde_json::from_slice::<Identity>(&resp)
+            .ok()
+            .filter(|i| !i.id.is_empty())
+            .ok_or_else(|| {
+                tracing::warn!(url = %d.url, "login delegate answered 200 with a malformed body");
+                Reject::UpstreamUnavailable
+            }),
+        400..=499 => Err(Reject::BadCredentials),
+        other => {
+            tracing::warn!(url = %d.url, status = other, "login delegate refused with an error");
+            Err(Reject::UpstreamUnavailable)
+        }
+    }
+}
+
+const MAX_DELEGATE_RESPONSE: usize = 64 * 1024;
+
+/// A minimal HTTP/1.1 POST over plain TCP (the delegate sits beside the
+/// gate); answers (status, body).
+async fn post_json(url: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("delegate url must be http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream = TcpStream::connect(authority).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_DELEGATE_RESPONSE {
+            return Err(bad("delegate response too large"));
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let off = match resp.parse(&buf) {
+        Ok(httparse::Status::Complete(off)) => off,
+        _ => return Err(bad("malformed delegate response")),
+    };
+    let status = resp.code.ok_or_else(|| bad("no status"))?;
+    let chunked = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    });
+    let raw = &buf[off..];
+    let body = if chunked {
+        dechunk(raw).ok_or_else(|| bad("bad chunked body"))?
+    } else {
+        raw.to_vec()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_then_verify() {
+        let h = hash_password("wonderland").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("wonderland", &h));
+        assert!(!verify_password("wrong", &h));
+    }
+
+    #[test]
+    fn dummy_hash_parses() {
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn dechunk_reads_chunks() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert_eq!(dechunk(b"zz\r\n"), None);
+    }
+}

@@ -1,0 +1,550 @@
+//! The Pingora glue: the only implementation of `ProxyHttp`.
+//!
+//! `request_filter` does all the deciding before an upstream connection is
+//! taken (limits, path normalization, `/_session`, route, origin, ticket,
+//! session liveness, roles) and answers refusals itself, keeping the client
+//! connection alive. `upstream_request_filter` runs after Pingora's own
+//! hop-by-hop and `Connection`-nominated header stripping, so the identity
+//! headers it injects cannot be removed by a client's `Connection` header.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::api::{self, ApiRequest, Response};
+use crate::config::{AuthPolicy, RouteKind};
+use crate::gate::{
+    Gate, Settings, TicketFrom, cookie, cookies_without, find_ticket, now_ms, query_without_ticket,
+};
+use crate::health::Health;
+use crate::reject::Reject;
+use crate::route::{Route, normalize_path};
+use crate::ticket::Claims;
+use crate::tunnel::TunnelConnector;
+
+pub const MAX_URI: usize = 8 * 1024;
+pub const MAX_HEADERS: usize = 64 * 1024;
+/// A client that stops reading a tunnel is cut after this long.
+pub const TUNNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pooled upstream connections idle longer than this are closed.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+pub struct Proxy {
+    gate: Arc<Gate>,
+    health: Arc<Health>,
+    tunnel_keys: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(gate: Arc<Gate>, health: Arc<Health>) -> Proxy {
+        Proxy {
+            gate,
+            health,
+            tunnel_keys: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    settings: Option<Arc<Settings>>,
+    route: Option<usize>,
+    claims: Option<Claims>,
+    /// The normalized path, when it differs from the request's.
+    path: Option<String>,
+    ticket_from: Option<TicketFrom>,
+    websocket: bool,
+    upstream: Option<SocketAddr>,
+    tries: usize,
+    /// Set when the gate itself refused, for logs and metrics.
+    reject: Option<Reject>,
+    /// The gate wrote the response itself.
+    responded: Option<u16>,
+}
+
+impl Ctx {
+    fn route<'a>(&self, s: &'a Settings) -> Option<&'a Route> {
+        self.route.and_then(|i| s.routes.routes().get(i))
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Writes a whole response, keeping the connection reusable.
+async fn respond(session: &mut Session, resp: Response) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 1))?;
+    for (k, v) in resp.headers {
+        h.append_header(k, v)?;
+    }
+    h.insert_header(header::CONTENT_LENGTH, resp.body.len())?;
+    let empty = resp.body.is_empty();
+    session.write_response_header(Box::new(h), empty).await?;
+    if !empty {
+        session
+            .write_response_body(Some(Bytes::from(resp.body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Proxy {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        r: Reject,
+    ) -> pingora::Result<bool> {
+        ctx.responded = Some(r.status());
+        let resp = Response::reject(&r);
+        ctx.reject = Some(r);
+        respond(session, resp).await?;
+        Ok(true)
+    }
+
+    /// Reads a `/_session` body, bounded by [`api::MAX_BODY`].
+    async fn read_body(session: &mut Session) -> Result<Vec<u8>, Reject> {
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > api::MAX_BODY) {
+            return Err(Reject::BodyTooLarge);
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > api::MAX_BODY {
+                        return Err(Reject::BodyTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read request body");
+                    return Err(Reject::BadRequest("malformed request body".into()));
+                }
+            }
+        }
+    }
+
+    async fn serve_api(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        s: &Settings,
+        path: &str,
+    ) -> pingora::Result<bool> {
+        let body = match Self::read_body(session).await {
+            Ok(b) => b,
+            Err(r) => return self.refuse(session, ctx, r).await,
+        };
+        let ip = client_ip(session);
+        let req = session.req_header();
+        let method = req.method.clone();
+        let resp = api::handle(
+            &self.gate,
+            s,
+            ApiRequest {
+                method: &method,
+                path,
+                headers: &req.headers,
+                body: &body,
+                client_ip: ip,
+            },
+        )
+        .await;
+        ctx.responded = Some(resp.status);
+        respond(session, resp).await?;
+        Ok(true)
+    }
+}
+
+fn header_bytes(session: &Session) -> usize {
+    session
+        .req_header()
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+fn is_websocket(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            settings: None,
+            route: None,
+            claims: None,
+            path: None,
+            ticket_from: None,
+            websocket: false,
+            upstream: None,
+            tries: 0,
+            reject: None,
+            responded: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let s = self.gate.settings();
+        ctx.settings = Some(Arc::clone(&s));
+        let req = session.req_header();
+        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > MAX_URI {
+            return self.refuse(session, ctx, Reject::UriTooLong).await;
+        }
+        if header_bytes(session) > MAX_HEADERS {
+            return self.refuse(session, ctx, Reject::HeadersTooLarge).await;
+        }
+        let req = session.req_header();
+        let path = match normalize_path(req.uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                return self
+                    .refuse(session, ctx, Reject::BadRequest(format!("bad path: {e}")))
+                    .await;
+            }
+        };
+        if path == api::PREFIX || path.starts_with("/_session/") {
+            return self.serve_api(session, ctx, &s, &path).await;
+        }
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        let Some(route) = s.routes.find(host, &path) else {
+            return self.refuse(session, ctx, Reject::NoRoute).await;
+        };
+        ctx.route = s
+            .routes
+            .routes()
+            .iter()
+            .position(|r| std::ptr::eq(r, route));
+        let websocket = is_websocket(session);
+        ctx.websocket = websocket && route.kind == RouteKind::Gateway;
+        if ctx.websocket {
+            let origin = req
+                .headers
+                .get(header::ORIGIN)
+                .and_then(|o| o.to_str().ok());
+            if !route.origin_allowed(origin) {
+                return self.refuse(session, ctx, Reject::OriginNotAllowed).await;
+            }
+        }
+        if path != req.uri.path() {
+            ctx.path = Some(path);
+        }
+
+        if route.auth != AuthPolicy::Public {
+            let found = find_ticket(&s, &req.headers, req.uri.query(), websocket);
+            ctx.ticket_from = found.map(|(_, from)| from);
+            let verdict = self.gate.admit(&s, found.map(|(t, _)| t), now_ms()).await;
+            match (verdict, route.auth) {
+                (Ok(claims), _) => {
+                    if route.auth == AuthPolicy::Required && !route.role_allowed(&claims.roles) {
+                        self.gate
+                            .metrics
+                            .auth
+                            .with_label_values(&["forbidden"])
+                            .inc();
+                        return self.refuse(session, ctx, Reject::Forbidden).await;
+                    }
+                    self.gate
+                        .metrics
+                        .auth
+                        .with_label_values(&["admitted"])
+                        .inc();
+                    ctx.claims = Some(claims);
+                }
+                (Err(r), AuthPolicy::Required) => {
+                    self.gate.metrics.auth.with_label_values(&[r.code()]).inc();
+                    return self.refuse(session, ctx, r).await;
+                }
+                // An optional route never fails over a ticket: it proceeds anonymously.
+                (Err(r), _) => {
+                    self.gate.metrics.auth.with_label_values(&[r.code()]).inc();
+                }
+            }
+        }
+        if ctx.websocket {
+            // An idle WebSocket must not be cut by the downstream read timeout.
+            session.set_read_timeout(None);
+            session.set_write_timeout(Some(TUNNEL_WRITE_TIMEOUT));
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(s) = ctx.settings.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no settings in context",
+            ));
+        };
+        let Some(route) = ctx.route(&s) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        let Some(addr) = route.pick_upstream(|a| self.health.is_up(a)) else {
+            ctx.reject = Some(Reject::UpstreamUnavailable);
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("route {}: no healthy upstream", route.name),
+            ));
+        };
+        ctx.upstream = Some(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(route.connect_timeout);
+        if ctx.websocket {
+            let sid = ctx.claims.as_ref().map_or("", |c| c.sid.as_str());
+            let ctl = self.gate.tunnels.register(sid, &route.name, now_ms());
+            let gauge = self
+                .gate
+                .metrics
+                .websockets
+                .with_label_values(&[&route.name]);
+            peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(
+                &self.gate.tunnels,
+                ctl,
+                route.connect_timeout,
+                gauge,
+            )));
+            // Never pool or share a tunnel's connection.
+            peer.group_key = self.tunnel_keys.fetch_add(1, Ordering::Relaxed);
+        } else {
+            peer.options.read_timeout = Some(route.timeout);
+            peer.options.write_timeout = Some(route.timeout);
+            peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer._address.as_inet() {
+            self.health.mark_down(*addr);
+        }
+        ctx.tries += 1;
+        let more = ctx
+            .settings
+            .as_ref()
+            .and_then(|s| ctx.route(s).map(|r| r.upstreams.len()))
+            .unwrap_or(0);
+        if ctx.tries < more {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let Some(s) = ctx.settings.clone() else {
+            return Ok(());
+        };
+        let Some(route) = ctx.route(&s) else {
+            return Ok(());
+        };
+        // Identity headers come only from the gate.
+        let forged: Vec<http::HeaderName> = up
+            .headers
+            .keys()
+            .filter(|n| s.identity.is_identity(n))
+            .cloned()
+            .collect();
+        for name in &forged {
+            up.remove_header(name);
+        }
+        // Ticket cookies never reach the upstream.
+        if cookie(&up.headers, &s.cookie_name).is_some() {
+            let rest = cookies_without(&up.headers, &s.cookie_name);
+            up.remove_header(&header::COOKIE);
+            if let Some(rest) = rest {
+                up.insert_header(header::COOKIE, rest)?;
+            }
+        }
+        // Path: normalized, prefix stripped, `ticket` query parameter removed.
+        let path = ctx.path.as_deref().unwrap_or(up.uri.path());
+        let query = up.uri.query();
+        let new_path = route.upstream_path(path);
+        let strip_query = query.is_some_and(|q| q.contains("ticket"));
+        if ctx.path.is_some() || route.strip_prefix || strip_query {
+            let query = if strip_query {
+                query.and_then(query_without_ticket)
+            } else {
+                query.map(str::to_owned)
+            };
+            let pq = match query {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path.into_owned(),
+            };
+            let uri = http::Uri::builder()
+                .path_and_query(pq)
+                .build()
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewriting uri", e))?;
+            up.set_uri(uri);
+        }
+        if let Some(c) = &ctx.claims {
+            for (k, v) in s.identity.for_claims(c) {
+                up.insert_header(k, v)?;
+            }
+        }
+        if let Some(ip) = client_ip(session) {
+            let xff = match up
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            up.insert_header("x-forwarded-for", xff)?;
+        }
+        up.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+            up.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reject = ctx.reject.clone().unwrap_or_else(|| match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::SocketError
+            | ErrorType::HandshakeError => Reject::UpstreamUnavailable,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                Reject::UpstreamTimeout
+            }
+            _ if e.esource() == &ErrorSource::Upstream => Reject::UpstreamUnavailable,
+            ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::HTTPStatus(400) => {
+                Reject::BadRequest("malformed request".into())
+            }
+            _ if e.esource() == &ErrorSource::Downstream => {
+                Reject::BadRequest("malformed request".into())
+            }
+            _ => Reject::UpstreamUnavailable,
+        });
+        let downstream_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        if let Some(route) = ctx.settings.as_ref().and_then(|s| ctx.route(s)) {
+            if e.esource() == &ErrorSource::Upstream
+                || matches!(
+                    reject,
+                    Reject::UpstreamUnavailable | Reject::UpstreamTimeout
+                )
+            {
+                self.gate
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[&route.name, reject.code()])
+                    .inc();
+            }
+        }
+        tracing::warn!(error = %e, code = reject.code(), "request failed");
+        let code = if downstream_gone || session.response_written().is_some() {
+            0
+        } else {
+            let resp = Response::reject(&reject);
+            let status = resp.status;
+            if respond(session, resp).await.is_err() {
+                0
+            } else {
+                status
+            }
+        };
+        ctx.reject = Some(reject);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.responded)
+            .unwrap_or(0);
+        let route = ctx
+            .settings
+            .as_ref()
+            .and_then(|s| ctx.route(s))
+            .map_or("-", |r| r.name.as_str());
+        let req = session.req_header();
+        let path = ctx.path.as_deref().unwrap_or(req.uri.path());
+        let route_label = if path == api::PREFIX || path.starts_with("/_session/") {
+            "_session"
+        } else {
+            route
+        };
+        self.gate
+            .metrics
+            .requests
+            .with_label_values(&[route_label, &status.to_string()])
+            .inc();
+        let sid = ctx.claims.as_ref().map_or("-", |c| c.sid.as_str());
+        tracing::info!(
+            target: "access",
+            route = route_label,
+            method = %req.method,
+            path,
+            status,
+            sid,
+            upstream = ?ctx.upstream,
+            error = ctx.reject.as_ref().map(Reject::code),
+            latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}

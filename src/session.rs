@@ -1,0 +1,317 @@
+//! The session record, its statuses and the admit/reject decision.
+//!
+//! Pure: no I/O and no clock. Callers pass `now` (milliseconds since the Unix
+//! epoch), so every rule here is tested without sleeping. Both stores apply
+//! exactly these rules; the Redis store mirrors [`Liveness::apply_clock`] in Lua.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+/// Where a session stands. Only `Active` admits requests, and no status ever
+/// returns to `Active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Active,
+    Ended,
+    Removed,
+    Revoked,
+    Expired,
+    Abandoned,
+    Replaced,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Active,
+        Status::Ended,
+        Status::Removed,
+        Status::Revoked,
+        Status::Expired,
+        Status::Abandoned,
+        Status::Replaced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Ended => "ended",
+            Status::Removed => "removed",
+            Status::Revoked => "revoked",
+            Status::Expired => "expired",
+            Status::Abandoned => "abandoned",
+            Status::Replaced => "replaced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_active(self) -> bool {
+        self == Status::Active
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The part of a session the request path needs: enough to admit or reject
+/// and to decide whether `lastActiveAt` is due a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub status: Status,
+    pub expire_at: u64,
+    pub last_active_at: u64,
+}
+
+impl Liveness {
+    /// The status the clock implies: an active session past `expire_at` is
+    /// `Expired`, one idle for `idle_ms` is `Abandoned`. Returns the new status
+    /// when it changed.
+    pub fn apply_clock(&mut self, now: u64, idle_ms: u64) -> Option<Status> {
+        if self.status != Status::Active {
+            return None;
+        }
+        let next = if now >= self.expire_at {
+            Status::Expired
+        } else if now >= self.last_active_at.saturating_add(idle_ms) {
+            Status::Abandoned
+        } else {
+            return None;
+        };
+        self.status = next;
+        Some(next)
+    }
+
+    /// Whether a request at `now` should write `lastActiveAt` (throttled to
+    /// once per `touch_ms`).
+    pub fn touch_due(&self, now: u64, touch_ms: u64) -> bool {
+        now.saturating_sub(self.last_active_at) >= touch_ms
+    }
+}
+
+/// A whole session record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+    pub status: Status,
+    pub created_at: u64,
+    pub last_active_at: u64,
+    pub expire_at: u64,
+    /// `createdAt + max_lifetime`: refresh never pushes `expire_at` past it.
+    pub max_expire_at: u64,
+    pub updated_at: u64,
+}
+
+impl Session {
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            status: self.status,
+            expire_at: self.expire_at,
+            last_active_at: self.last_active_at,
+        }
+    }
+
+    /// Applies the clock rules to the whole record; returns the new status
+    /// when it changed.
+    pub fn apply_clock(&mut self, now: u64, idle_ms: u64) -> Option<Status> {
+        let mut l = self.liveness();
+        let changed = l.apply_clock(now, idle_ms)?;
+        self.status = changed;
+        self.updated_at = now;
+        Some(changed)
+    }
+
+    /// The client-facing JSON view (SPEC section 5).
+    pub fn view(&self, idle_ms: u64) -> SessionView<'_> {
+        SessionView {
+            id: &self.id,
+            user_id: &self.user_id,
+            status: self.status,
+            vars: &self.vars,
+            created_at: rfc3339(self.created_at),
+            last_active_at: rfc3339(self.last_active_at),
+            expire_at: rfc3339(self.expire_at),
+            abandon_at: rfc3339(self.last_active_at.saturating_add(idle_ms)),
+            updated_at: rfc3339(self.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView<'a> {
+    pub id: &'a str,
+    pub user_id: &'a str,
+    pub status: Status,
+    pub vars: &'a BTreeMap<String, String>,
+    pub created_at: String,
+    pub last_active_at: String,
+    pub expire_at: String,
+    pub abandon_at: String,
+    pub updated_at: String,
+}
+
+/// A change of status, as published on `<key_prefix>events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Event {
+    pub sid: String,
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    pub status: String,
+    pub at: String,
+}
+
+impl Event {
+    pub fn new(sid: &str, user_id: &str, status: Status, now: u64) -> Event {
+        Event {
+            sid: sid.to_owned(),
+            user_id: user_id.to_owned(),
+            status: status.as_str().to_owned(),
+            at: rfc3339(now),
+        }
+    }
+}
+
+/// Session vars rules (SPEC section 5).
+pub const MAX_VARS: usize = 32;
+pub const MAX_VAR_KEY: usize = 64;
+pub const MAX_VAR_VALUE: usize = 512;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VarsError {
+    #[error("at most {MAX_VARS} vars are allowed")]
+    TooMany,
+    #[error("var key {0:?} must match [A-Za-z0-9_-]{{1,64}}")]
+    BadKey(String),
+    #[error("var {0:?} is longer than {MAX_VAR_VALUE} bytes")]
+    ValueTooLong(String),
+}
+
+pub fn validate_vars(vars: &BTreeMap<String, String>) -> Result<(), VarsError> {
+    for (k, v) in vars {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_VAR_KEY
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !key_ok {
+            return Err(VarsError::BadKey(k.clone()));
+        }
+        if v.len() > MAX_VAR_VALUE {
+            return Err(VarsError::ValueTooLong(k.clone()));
+        }
+    }
+    if vars.len() > MAX_VARS {
+        return Err(VarsError::TooMany);
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC string with millisecond precision.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    let dt = time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        + time::Duration::milliseconds((ms % 1000) as i64);
+    let (y, mo, d) = (dt.year(), u8::from(dt.month()), dt.day());
+    let (h, mi, s) = (dt.hour(), dt.minute(), dt.second());
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        dt.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(expire_at: u64, last: u64) -> Liveness {
+        Liveness {
+            status: Status::Active,
+            expire_at,
+            last_active_at: last,
+        }
+    }
+
+    #[test]
+    fn active_within_ttl_and_idle_stays_active() {
+        let mut l = live(10_000, 5_000);
+        assert_eq!(l.apply_clock(6_000, 2_000), None);
+        assert_eq!(l.status, Status::Active);
+    }
+
+    #[test]
+    fn past_expire_at_is_expired_even_if_idle_too() {
+        let mut l = live(10_000, 0);
+        assert_eq!(l.apply_clock(10_000, 1_000), Some(Status::Expired));
+    }
+
+    #[test]
+    fn idle_past_timeout_is_abandoned() {
+        let mut l = live(100_000, 5_000);
+        assert_eq!(l.apply_clock(7_000, 2_000), Some(Status::Abandoned));
+    }
+
+    #[test]
+    fn non_active_never_changes() {
+        for st in Status::ALL.into_iter().filter(|s| !s.is_active()) {
+            let mut l = Liveness {
+                status: st,
+                expire_at: 0,
+                last_active_at: 0,
+            };
+            assert_eq!(l.apply_clock(u64::MAX, 1), None);
+            assert_eq!(l.status, st);
+        }
+    }
+
+    #[test]
+    fn touch_is_throttled_by_interval() {
+        let l = live(100_000, 5_000);
+        assert!(!l.touch_due(5_999, 1_000));
+        assert!(l.touch_due(6_000, 1_000));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for st in Status::ALL {
+            assert_eq!(Status::parse(st.as_str()), Some(st));
+        }
+        assert_eq!(Status::parse("Active"), None);
+    }
+
+    #[test]
+    fn vars_rules() {
+        let mut v = BTreeMap::new();
+        v.insert("tier".to_owned(), "gold".to_owned());
+        assert_eq!(validate_vars(&v), Ok(()));
+        v.insert("bad key".to_owned(), "x".to_owned());
+        assert_eq!(validate_vars(&v), Err(VarsError::BadKey("bad key".into())));
+        let mut v = BTreeMap::new();
+        v.insert("k".to_owned(), "x".repeat(513));
+        assert_eq!(validate_vars(&v), Err(VarsError::ValueTooLong("k".into())));
+        let v: BTreeMap<_, _> = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(validate_vars(&v), Err(VarsError::TooMany));
+    }
+
+    #[test]
+    fn rfc3339_formats_millis_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

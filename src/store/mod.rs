@@ -1,0 +1,121 @@
+//! The session store: one trait, two implementations.
+//!
+//! [`redis::RedisStore`] is the production store, shared by every gate node;
+//! [`memory::MemoryStore`] serves `sessiongate demo` and single-process use.
+//! Both apply the rules of [`crate::session`] atomically and publish every
+//! change of status as an [`Event`], and both pass the same contract tests
+//! (`tests/store_contract.rs`).
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::session::{Event, Liveness, Session, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store returned malformed data: {0}")]
+    Corrupt(String),
+}
+
+/// The clock rules a call applies, from the current config (so a reload
+/// takes effect on the next request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub idle_ms: u64,
+    pub touch_ms: u64,
+    /// How long a dead session stays readable (and listed) before its keys go.
+    pub retain_ms: u64,
+}
+
+/// Outcome of a login's insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// Sessions of the same user pushed out by `max_per_user`, now `replaced`.
+    pub replaced: Vec<String>,
+}
+
+/// Result of a fixed-window rate-limit hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Allow,
+    Deny { retry_after_ms: u64 },
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Inserts a new active session; beyond `max_per_user` active sessions of
+    /// that user, the oldest become `replaced`. Atomic per user.
+    async fn create(
+        &self,
+        session: &Session,
+        max_per_user: u32,
+        rules: Rules,
+    ) -> Result<Created, StoreError>;
+
+    /// The per-request check, one round trip: applies expiry and idle rules
+    /// (publishing a change), writes `lastActiveAt` if `touch_ms` has passed,
+    /// and returns the session's liveness. `None`: no such session.
+    async fn check(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Liveness>, StoreError>;
+
+    /// The whole record, after applying the clock rules.
+    async fn get(&self, sid: &str, now: u64, rules: Rules) -> Result<Option<Session>, StoreError>;
+
+    /// Forces `lastActiveAt = now` on an active session.
+    async fn touch(&self, sid: &str, now: u64, rules: Rules)
+    -> Result<Option<Session>, StoreError>;
+
+    /// Sets `expire_at` (already capped by the caller) on an active session.
+    async fn refresh(
+        &self,
+        sid: &str,
+        expire_at: u64,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// Moves a session to `status`. From `active` any target is allowed; a
+    /// session that already left `active` may only become `removed` (which
+    /// takes it out of its user's list). Returns the record as it now stands,
+    /// `None` when the session does not exist (or is already gone).
+    async fn set_status(
+        &self,
+        sid: &str,
+        status: Status,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// A user's sessions, newest first, `removed` left out.
+    async fn list(&self, user_id: &str, now: u64, rules: Rules)
+    -> Result<Vec<Session>, StoreError>;
+
+    /// Revokes every active session of a user; returns how many.
+    async fn revoke_user(&self, user_id: &str, now: u64, rules: Rules) -> Result<u64, StoreError>;
+
+    /// Counts one hit against `key` in a fixed window shared by all nodes.
+    async fn hit_rate(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<RateDecision, StoreError>;
+
+    /// Round trip to the backend (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Status changes from every node sharing this store.
+    fn events(&self) -> broadcast::Receiver<Event>;
+}

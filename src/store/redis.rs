@@ -1,0 +1,523 @@
+//! Redis session store, shared by every gate node.
+//!
+//! Layout under `key_prefix` (default `sg:`):
+//! - `sg:s:<sid>`: one hash per session (status, timestamps in ms, identity);
+//! - `sg:u:<userId>`: a sorted set of the user's session ids by creation time;
+//! - `sg:rl:<key>`: fixed-window login rate counters;
+//! - channel `sg:events`: every change of status, as JSON.
+//!
+//! Every operation is one Lua script (one round trip, atomic), sent as
+//! EVALSHA. Every call is bounded by `store.timeout`: redis-rs's
+//! `ConnectionManager` waits without limit while it reconnects, and a
+//! request must get its 503 instead. Keys carry TTLs so dead sessions vanish
+//! after `max_lifetime` plus a retention margin. The scripts touch keys they
+//! derive from the index, so they need a standalone Redis or Sentinel, not
+//! Cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+use tokio::sync::{OnceCell, broadcast};
+
+use super::{Created, RateDecision, Rules, SessionStore, StoreError};
+use crate::session::{Event, Liveness, Session, Status, rfc3339};
+
+/// Dead sessions kept per user in the index beyond the active ones.
+pub const MAX_DEAD_PER_USER: usize = 50;
+
+/// Shared by the scripts: apply the clock rules to one session hash and
+/// publish the change. ARGV layout every script starts with:
+/// 1 now (ms), 2 idle (ms), 3 events channel, 4 `at` (RFC 3339 of now).
+const CLOCK: &str = r#"
+local now = tonumber(ARGV[1])
+local idle = tonumber(ARGV[2])
+local function clock(key, sid)
+  local h = redis.call('HMGET', key, 'status', 'expireAt', 'lastActiveAt', 'userId')
+  if not h[1] then return nil end
+  local st = h[1]
+  local exp = tonumber(h[2])
+  local last = tonumber(h[3])
+  if st == 'active' then
+    local nst = nil
+    if now >= exp then nst = 'expired' elseif now >= last + idle then nst = 'abandoned' end
+    if nst then
+      st = nst
+      redis.call('HSET', key, 'status', st, 'updatedAt', now)
+      redis.call('PUBLISH', ARGV[3], cjson.encode({sid = sid, userId = h[4], status = st, at = ARGV[4]}))
+    end
+  end
+  return {st, exp, last, h[4]}
+end
+local function setstatus(key, sid, uid, st)
+  redis.call('HSET', key, 'status', st, 'updatedAt', now)
+  redis.call('PUBLISH', ARGV[3], cjson.encode({sid = sid, userId = uid, status = st, at = ARGV[4]}))
+end
+"#;
+
+/// KEYS: session. ARGV: 5 touch (ms), 6 sid. -> nil | {status, expireAt, lastActiveAt}
+const CHECK: &str = r#"
+local c = clock(KEYS[1], ARGV[6])
+if not c then return nil end
+if c[1] == 'active' and now - c[3] >= tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'lastActiveAt', now)
+  c[3] = now
+end
+return {c[1], c[2], c[3]}
+"#;
+
+/// KEYS: session. ARGV: 5 op (get|touch|refresh), 6 sid, 7 expireAt (refresh). -> nil | HGETALL
+const ONE: &str = r#"
+local c = clock(KEYS[1], ARGV[6])
+if not c then return nil end
+if c[1] == 'active' then
+  if ARGV[5] == 'touch' then
+    redis.call('HSET', KEYS[1], 'lastActiveAt', now, 'updatedAt', now)
+  elseif ARGV[5] == 'refresh' then
+    local cap = tonumber(redis.call('HGET', KEYS[1], 'maxExpireAt'))
+    local e = tonumber(ARGV[7])
+    if cap and e > cap then e = cap end
+    redis.call('HSET', KEYS[1], 'expireAt', e, 'lastActiveAt', now, 'updatedAt', now)
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"#;
+
+/// KEYS: session. ARGV: 5 target status, 6 sid, 7 key prefix. -> nil | HGETALL
+const SET_STATUS: &str = r#"
+local c = clock(KEYS[1], ARGV[6])
+if not c or c[1] == 'removed' then return nil end
+local target = ARGV[5]
+if c[1] == 'active' or target == 'removed' then
+  setstatus(KEYS[1], ARGV[6], c[4], target)
+end
+if target == 'removed' then
+  redis.call('ZREM', ARGV[7] .. 'u:' .. c[4], ARGV[6])
+end
+return redis.call('HGETALL', KEYS[1])
+"#;
+
+/// KEYS: user index. ARGV: 5 key prefix, 6 op (list|revoke). -> list of HGETALL | count
+const USER: &str = r#"
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
+local out = {}
+local n = 0
+for _, id in ipairs(ids) do
+  local key = ARGV[5] .. 's:' .. id
+  local c = clock(key, id)
+  if not c then
+    redis.call('ZREM', KEYS[1], id)
+  elseif ARGV[6] == 'revoke' then
+    if c[1] == 'active' then setstatus(key, id, c[4], 'revoked'); n = n + 1 end
+  elseif c[1] ~= 'removed' then
+    table.insert(out, redis.call('HGETALL', key))
+  end
+end
+if ARGV[6] == 'revoke' then return n end
+return out
+"#;
+
+/// KEYS: user index, new session. ARGV: 5 key prefix, 6 max per user, 7 sid,
+/// 8 key ttl (ms), 9 max dead kept, 10.. field/value pairs. -> replaced ids
+const CREATE: &str = r#"
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local active = {}
+local dead = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[5] .. 's:' .. id
+  local c = clock(key, id)
+  if not c then
+    redis.call('ZREM', KEYS[1], id)
+  elseif c[1] == 'active' then
+    table.insert(active, id)
+  else
+    table.insert(dead, id)
+  end
+end
+local replaced = {}
+local keep = tonumber(ARGV[6]) - 1
+while #active > keep do
+  local id = table.remove(active, 1)
+  local key = ARGV[5] .. 's:' .. id
+  setstatus(key, id, redis.call('HGET', key, 'userId'), 'replaced')
+  table.insert(replaced, id)
+end
+local maxdead = tonumber(ARGV[9])
+while #dead > maxdead do
+  local id = table.remove(dead, 1)
+  redis.call('DEL', ARGV[5] .. 's:' .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+local fields = {}
+for i = 10, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('ZADD', KEYS[1], now, ARGV[7])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+return replaced
+"#;
+
+/// KEYS: counter. ARGV: 1 limit, 2 window (ms). -> -1 allow | ms to wait
+const RATE: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  local t = redis.call('PTTL', KEYS[1])
+  if t < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]); t = tonumber(ARGV[2]) end
+  return t
+end
+return -1
+"#;
+
+struct Scripts {
+    check: Script,
+    one: Script,
+    set_status: Script,
+    user: Script,
+    create: Script,
+    rate: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let with_clock = |body: &str| Script::new(&format!("{CLOCK}{body}"));
+        Scripts {
+            check: with_clock(CHECK),
+            one: with_clock(ONE),
+            set_status: with_clock(SET_STATUS),
+            user: with_clock(USER),
+            create: with_clock(CREATE),
+            rate: Script::new(RATE),
+        }
+    }
+}
+
+pub struct RedisStore {
+    client: Client,
+    con: OnceCell<ConnectionManager>,
+    prefix: String,
+    channel: String,
+    timeout: Duration,
+    scripts: Scripts,
+    events: broadcast::Sender<Event>,
+    subscribed: std::sync::Once,
+}
+
+impl RedisStore {
+    /// Connects lazily: the gate starts (and answers 503) while Redis is down.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Arc<RedisStore>, StoreError> {
+        let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Arc::new(RedisStore {
+            client,
+            con: OnceCell::new(),
+            prefix: prefix.to_owned(),
+            channel: format!("{prefix}events"),
+            timeout,
+            scripts: Scripts::new(),
+            events,
+            subscribed: std::sync::Once::new(),
+        }))
+    }
+
+    /// Starts the task that relays `<prefix>events` from Redis to
+    /// [`SessionStore::events`] receivers, reconnecting forever. Call it from
+    /// a runtime that lives as long as the gate.
+    pub fn start_events(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        self.subscribed.call_once(|| {
+            tokio::spawn(async move { me.relay_events().await });
+        });
+    }
+
+    async fn relay_events(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.client.get_async_pubsub().await {
+                Ok(mut ps) => match ps.subscribe(&self.channel).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(50);
+                        tracing::debug!(channel = %self.channel, "subscribed to session events");
+                        let mut stream = ps.into_on_message();
+                        while let Some(msg) = stream.next().await {
+                            match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
+                                Ok(ev) => {
+                                    let _ = self.events.send(ev);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "malformed session event ignored")
+                                }
+                            }
+                        }
+                        tracing::warn!("session event subscription lost; resubscribing");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot subscribe to session events"),
+                },
+                Err(e) => tracing::debug!(error = %e, "cannot connect for session events"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn con(&self) -> Result<ConnectionManager, StoreError> {
+        let timeout = self.timeout;
+        let con = self
+            .con
+            .get_or_try_init(|| async {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })
+            .await?;
+        Ok(con.clone())
+    }
+
+    /// Runs one script invocation within `store.timeout`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut con = self.con().await?;
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut con)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    fn session_key(&self, sid: &str) -> String {
+        format!("{}s:{sid}", self.prefix)
+    }
+
+    fn user_key(&self, uid: &str) -> String {
+        format!("{}u:{uid}", self.prefix)
+    }
+
+    fn base<'a>(&self, script: &'a Script, now: u64, rules: Rules) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(now)
+            .arg(rules.idle_ms)
+            .arg(&self.channel)
+            .arg(rfc3339(now));
+        inv
+    }
+}
+
+fn parse_session(map: HashMap<String, String>) -> Result<Session, StoreError> {
+    let field = |k: &str| {
+        map.get(k)
+            .ok_or_else(|| StoreError::Corrupt(format!("session hash lacks {k}")))
+    };
+    let num = |k: &str| {
+        field(k)?
+            .parse::<u64>()
+            .map_err(|_| StoreError::Corrupt(format!("session field {k} is not a number")))
+    };
+    let status = Status::parse(field("status")?)
+        .ok_or_else(|| StoreError::Corrupt("unknown session status".into()))?;
+    Ok(Session {
+        id: field("id")?.clone(),
+        user_id: field("userId")?.clone(),
+        name: map.get("name").cloned().unwrap_or_default(),
+        roles: serde_json::from_str(map.get("roles").map_or("[]", String::as_str))
+            .map_err(|e| StoreError::Corrupt(format!("roles: {e}")))?,
+        vars: serde_json::from_str(map.get("vars").map_or("{}", String::as_str))
+            .map_err(|e| StoreError::Corrupt(format!("vars: {e}")))?,
+        status,
+        created_at: num("createdAt")?,
+        last_active_at: num("lastActiveAt")?,
+        expire_at: num("expireAt")?,
+        max_expire_at: num("maxExpireAt")?,
+        updated_at: num("updatedAt")?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(
+        &self,
+        s: &Session,
+        max_per_user: u32,
+        rules: Rules,
+    ) -> Result<Created, StoreError> {
+        let now = s.created_at;
+        let ttl = s
+            .max_expire_at
+            .saturating_sub(now)
+            .saturating_add(rules.retain_ms)
+            .max(1);
+        let mut inv = self.base(&self.scripts.create, now, rules);
+        inv.key(self.user_key(&s.user_id))
+            .key(self.session_key(&s.id))
+            .arg(&self.prefix)
+            .arg(max_per_user.max(1))
+            .arg(&s.id)
+            .arg(ttl)
+            .arg(MAX_DEAD_PER_USER);
+        let fields: [(&str, String); 11] = [
+            ("id", s.id.clone()),
+            ("userId", s.user_id.clone()),
+            ("name", s.name.clone()),
+            ("roles", to_json(&s.roles)),
+            ("vars", to_json(&s.vars)),
+            ("status", s.status.as_str().to_owned()),
+            ("createdAt", s.created_at.to_string()),
+            ("lastActiveAt", s.last_active_at.to_string()),
+            ("expireAt", s.expire_at.to_string()),
+            ("maxExpireAt", s.max_expire_at.to_string()),
+            ("updatedAt", s.updated_at.to_string()),
+        ];
+        for (k, v) in &fields {
+            inv.arg(*k).arg(v);
+        }
+        let replaced: Vec<String> = self.run(inv).await?;
+        Ok(Created { replaced })
+    }
+
+    async fn check(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Liveness>, StoreError> {
+        let mut inv = self.base(&self.scripts.check, now, rules);
+        inv.key(self.session_key(sid)).arg(rules.touch_ms).arg(sid);
+        let out: Option<(String, u64, u64)> = self.run(inv).await?;
+        out.map(|(st, expire_at, last_active_at)| {
+            Ok(Liveness {
+                status: Status::parse(&st)
+                    .ok_or_else(|| StoreError::Corrupt("unknown session status".into()))?,
+                expire_at,
+                last_active_at,
+            })
+        })
+        .transpose()
+    }
+
+    async fn get(&self, sid: &str, now: u64, rules: Rules) -> Result<Option<Session>, StoreError> {
+        let mut inv = self.base(&self.scripts.one, now, rules);
+        inv.key(self.session_key(sid)).arg("get").arg(sid).arg(0);
+        let out: Option<HashMap<String, String>> = self.run(inv).await?;
+        out.map(parse_session).transpose()
+    }
+
+    async fn touch(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut inv = self.base(&self.scripts.one, now, rules);
+        inv.key(self.session_key(sid)).arg("touch").arg(sid).arg(0);
+        let out: Option<HashMap<String, String>> = self.run(inv).await?;
+        out.map(parse_session).transpose()
+    }
+
+    async fn refresh(
+        &self,
+        sid: &str,
+        expire_at: u64,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut inv = self.base(&self.scripts.one, now, rules);
+        inv.key(self.session_key(sid))
+            .arg("refresh")
+            .arg(sid)
+            .arg(expire_at);
+        let out: Option<HashMap<String, String>> = self.run(inv).await?;
+        out.map(parse_session).transpose()
+    }
+
+    async fn set_status(
+        &self,
+        sid: &str,
+        status: Status,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut inv = self.base(&self.scripts.set_status, now, rules);
+        inv.key(self.session_key(sid))
+            .arg(status.as_str())
+            .arg(sid)
+            .arg(&self.prefix);
+        let out: Option<HashMap<String, String>> = self.run(inv).await?;
+        out.map(parse_session).transpose()
+    }
+
+    async fn list(
+        &self,
+        user_id: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut inv = self.base(&self.scripts.user, now, rules);
+        inv.key(self.user_key(user_id))
+            .arg(&self.prefix)
+            .arg("list");
+        let out: Vec<HashMap<String, String>> = self.run(inv).await?;
+        let mut sessions = out
+            .into_iter()
+            .map(parse_session)
+            .collect::<Result<Vec<_>, _>>()?;
+        sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(sessions)
+    }
+
+    async fn revoke_user(&self, user_id: &str, now: u64, rules: Rules) -> Result<u64, StoreError> {
+        let mut inv = self.base(&self.scripts.user, now, rules);
+        inv.key(self.user_key(user_id))
+            .arg(&self.prefix)
+            .arg("revoke");
+        self.run(inv).await
+    }
+
+    async fn hit_rate(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        _now: u64,
+    ) -> Result<RateDecision, StoreError> {
+        let mut inv = self.scripts.rate.prepare_invoke();
+        inv.key(format!("{}rl:{key}", self.prefix))
+            .arg(limit)
+            .arg(window_ms.max(1));
+        let out: i64 = self.run(inv).await?;
+        Ok(if out < 0 {
+            RateDecision::Allow
+        } else {
+            RateDecision::Deny {
+                retry_after_ms: out.unsigned_abs(),
+            }
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con().await?;
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut con)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,360 @@
+//! Black-box tests of the proxy path: routing, auth per route, identity
+//! headers, limits and upstream failures, against the real binary, a real
+//! redis-server and real upstream servers.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+async fn setup() -> (Redis, Upstream, Upstream, Gate) {
+    let redis = Redis::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
+    (redis, http, ws, gate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_route_without_ticket_is_401_missing_ticket() {
+    let (_r, _h, _w, gate) = setup().await;
+    let r = gate.get("/controller/shop/items", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error(), "missing_ticket");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_garbage_tickets_are_401_invalid_ticket() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut tampered = ticket.clone().into_bytes();
+    let i = tampered.len() - 3;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let none_alg = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzaWQiOiJ4In0.";
+    let huge = "a".repeat(9000);
+    for bad in [
+        tampered.as_str(),
+        "garbage",
+        none_alg,
+        "a.b.c",
+        huge.as_str(),
+    ] {
+        let r = gate.get("/controller/shop/items", Some(bad)).await;
+        assert_eq!(r.status, 401, "ticket {bad:.40}");
+        assert_eq!(r.error(), "invalid_ticket");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    // The good ticket still works afterwards: bad input harmed nothing.
+    assert_eq!(
+        gate.get("/controller/shop/items", Some(&ticket))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_ticket_reaches_upstream_with_identity_headers() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, login) = gate.login("alice", "wonderland").await;
+    let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
+    let r = gate.get("/controller/shop/items?x=1", Some(&ticket)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["path"], "/items", "strip_prefix");
+    assert_eq!(body["query"], "x=1");
+    let h = r.upstream_headers();
+    assert_eq!(h.get("x-session-id"), Some(&sid));
+    assert_eq!(h.get("x-session-user").map(String::as_str), Some("u-alice"));
+    assert_eq!(h.get("x-session-name").map(String::as_str), Some("Alice"));
+    assert_eq!(h.get("x-session-roles").map(String::as_str), Some("player"));
+    assert_eq!(
+        h.get("x-session-var-tier").map(String::as_str),
+        Some("gold")
+    );
+    assert_eq!(
+        h.get("x-forwarded-for").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    assert_eq!(h.get("x-forwarded-proto").map(String::as_str), Some("http"));
+    assert_eq!(
+        h.get("x-forwarded-host").map(String::as_str),
+        Some("gate.test")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_identity_headers_are_stripped_in_any_case() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, _) = gate.login("bob", "builder").await;
+    let r = gate
+        .req(&format!(
+            "GET /controller/shop/x HTTP/1.1\r\nHost: gate.test\r\nAuthorization: Bearer {ticket}\r\nx-session-user: u-admin\r\nX-SESSION-ROLES: admin\r\nX-Session-Var-Tier: platinum\r\nX-Session-Extra: 1\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = r.upstream_headers();
+    assert_eq!(h.get("x-session-user").map(String::as_str), Some("u-bob"));
+    assert_eq!(h.get("x-session-roles").map(String::as_str), Some(""));
+    assert_eq!(h.get("x-session-var-tier"), None);
+    assert_eq!(h.get("x-session-extra"), None);
+    // On a public route forged headers are stripped as well, and nothing is injected.
+    let r = gate
+        .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\nX-Session-User: u-admin\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.upstream_headers()
+            .keys()
+            .all(|k| !k.starts_with("x-session-"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_header_cannot_remove_injected_identity() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let r = gate
+        .req(&format!(
+            "GET /controller/shop/x HTTP/1.1\r\nHost: gate.test\r\nAuthorization: Bearer {ticket}\r\nConnection: keep-alive, X-Session-User, X-Session-Id\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = r.upstream_headers();
+    assert_eq!(h.get("x-session-user").map(String::as_str), Some("u-alice"));
+    assert!(h.contains_key("x-session-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_cookie_is_accepted_and_never_forwarded() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, login) = gate.login("alice", "wonderland").await;
+    let set_cookie = login.header("set-cookie").unwrap().to_owned();
+    assert!(
+        set_cookie.starts_with(&format!("sg_ticket={ticket}")),
+        "{set_cookie}"
+    );
+    assert!(set_cookie.contains("HttpOnly"));
+    assert!(set_cookie.contains("Path=/"));
+    let r = gate
+        .req(&format!(
+            "GET /controller/shop/x HTTP/1.1\r\nHost: gate.test\r\nCookie: theme=dark\r\nCookie: sg_ticket={ticket}; lang=en\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = r.upstream_headers();
+    let cookies = h.get("cookie").cloned().unwrap_or_default();
+    assert!(!cookies.contains("sg_ticket"), "{cookies}");
+    assert!(
+        cookies.contains("theme=dark") && cookies.contains("lang=en"),
+        "{cookies}"
+    );
+    assert_eq!(h.get("x-session-user").map(String::as_str), Some("u-alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_ticket_only_counts_on_websocket_handshakes() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let r = gate
+        .get(&format!("/controller/shop/x?ticket={ticket}"), None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error(), "missing_ticket");
+    // On a public route the ticket parameter is removed before forwarding.
+    let r = gate
+        .get(&format!("/public/x?a=1&ticket={ticket}&b=2"), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["query"], "a=1&b=2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_gate_routes_with_403_forbidden() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let r = gate.get("/admin/panel", Some(&ticket)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error(), "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_route_admits_anonymous_and_identifies_ticket_holders() {
+    let (_r, _h, _w, gate) = setup().await;
+    let r = gate.get("/maybe/x", None).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.upstream_headers().contains_key("x-session-id"));
+    let r = gate.get("/maybe/x", Some("garbage")).await;
+    assert_eq!(r.status, 200);
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let r = gate.get("/maybe/x", Some(&ticket)).await;
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-session-user")
+            .map(String::as_str),
+        Some("u-alice")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_are_404_no_route_and_segments_match_whole() {
+    let (_r, _h, _w, gate) = setup().await;
+    for p in ["/nowhere", "/publicity", "/controller/shopping"] {
+        let r = gate.get(p, None).await;
+        assert_eq!(r.status, 404, "{p}");
+        assert_eq!(r.error(), "no_route");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_cannot_escape_a_public_prefix() {
+    let (_r, _h, _w, gate) = setup().await;
+    for p in [
+        "/public/../admin/panel",
+        "/public/%2e%2e/admin/panel",
+        "/public/./../admin/panel",
+        "//public/..//admin/panel",
+    ] {
+        let r = gate.get(p, None).await;
+        assert_eq!(r.status, 401, "{p} must land on the protected route");
+        assert_eq!(r.error(), "missing_ticket", "{p}");
+    }
+    let r = gate.get("/public/..%2fadmin/panel", None).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error(), "bad_request");
+    let r = gate.get("/public/a/../b", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["path"],
+        "/public/b",
+        "the upstream sees the normalized path"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_uri_and_headers_get_414_and_431() {
+    let (_r, _h, _w, gate) = setup().await;
+    let long = format!("/public/{}", "a".repeat(9000));
+    let r = gate.get(&long, None).await;
+    assert_eq!(r.status, 414);
+    assert_eq!(r.error(), "uri_too_long");
+    let big = "b".repeat(8000);
+    let mut raw = String::from("GET /public/x HTTP/1.1\r\nHost: gate.test\r\n");
+    for i in 0..10 {
+        raw.push_str(&format!("X-Big-{i}: {big}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let r = gate.req(&raw).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(r.error(), "headers_too_large");
+    // The gate is unharmed.
+    assert_eq!(gate.get("/public/x", None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502_and_hanging_upstream_is_504() {
+    let redis = Redis::spawn().await;
+    let hang = Upstream::hanging().await;
+    let dead = free_port();
+    let routes = format!(
+        "  - name: dead\n    kind: controller\n    path: /dead\n    upstreams: [\"127.0.0.1:{dead}\"]\n    auth: public\n  - name: slow\n    kind: controller\n    path: /slow\n    upstreams: [\"{}\"]\n    auth: public\n    timeout: 500ms\n",
+        hang.addr
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let r = gate.get("/dead/x", None).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.error(), "upstream_unavailable");
+    let started = std::time::Instant::now();
+    let r = gate.get("/slow/x", None).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.error(), "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_and_skips_a_dead_upstream() {
+    let redis = Redis::spawn().await;
+    let a = Upstream::http().await;
+    let b = Upstream::http().await;
+    let dead = free_port();
+    let routes = format!(
+        "  - name: rr\n    kind: controller\n    path: /rr\n    upstreams: [\"{}\", \"127.0.0.1:{dead}\", \"{}\"]\n    auth: public\n",
+        a.addr, b.addr
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    for _ in 0..9 {
+        let r = gate.get("/rr/x", None).await;
+        assert_eq!(
+            r.status, 200,
+            "a dead upstream must be retried on the next one"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_is_503_with_retry_after_and_recovers() {
+    let mut redis = Redis::spawn().await;
+    let port = redis.port;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&ticket)).await.status,
+        200
+    );
+    redis.kill();
+    // Past the liveness cache the outage shows as 503, never as a 401 or a cleared cookie.
+    let r = eventually(Duration::from_secs(5), || async {
+        let r = gate.get("/controller/shop/x", Some(&ticket)).await;
+        (r.status == 503).then_some(r)
+    })
+    .await
+    .expect("503 during the outage");
+    assert_eq!(r.error(), "store_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.header("set-cookie").is_none());
+    let r = gate.get("/_session", Some(&ticket)).await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("set-cookie").is_none());
+    // Public routes do not need the store.
+    assert_eq!(gate.get("/public/x", None).await.status, 200);
+    // Redis returns (empty: the session is gone, so the old ticket is invalid; a new login works).
+    let _redis2 = Redis::spawn_on(port).await;
+    let (t2, _) = eventually(Duration::from_secs(10), || async {
+        let r = gate
+            .post(
+                "/_session/login",
+                None,
+                r#"{"username":"alice","password":"wonderland"}"#,
+            )
+            .await;
+        (r.status == 201).then(|| (r.json()["ticket"].as_str().unwrap().to_owned(), ()))
+    })
+    .await
+    .expect("gate recovers when redis returns");
+    assert_eq!(gate.get("/controller/shop/x", Some(&t2)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_survives_a_refusal() {
+    let (_r, _h, _w, gate) = setup().await;
+    let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET /controller/shop/x HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!(r.status, 401);
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!(r.status, 200, "same connection serves the next request");
+}

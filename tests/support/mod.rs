@@ -1,0 +1,628 @@
+//! Test harness: real processes on free loopback ports, each test its own.
+//!
+//! `Redis::spawn()` starts a private `redis-server`; `Upstream::http()` /
+//! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime;
+//! `GateBuilder::new(yaml).spawn()` runs the real `sessiongate` binary and
+//! waits until it accepts connections. Everything is killed on drop.
+//! Waiting is done by probing readiness, never by fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const SECRET: &str = "c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Retries `f` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "sg-test-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn spawn() -> Redis {
+        Self::spawn_on(free_port()).await
+    }
+
+    pub async fn spawn_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make test installs it)");
+        let r = Redis { child, port };
+        let ok = eventually(Duration::from_secs(10), || async {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).await.ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        })
+        .await;
+        assert!(ok.is_some(), "redis-server did not come up on {port}");
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn http() -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        Upstream {
+            addr,
+            task: tokio::spawn(sessiongate::echo::serve_http(l)),
+        }
+    }
+
+    pub async fn ws() -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        Upstream {
+            addr,
+            task: tokio::spawn(sessiongate::echo::serve_ws(l)),
+        }
+    }
+
+    /// Accepts connections and never answers.
+    pub async fn hanging() -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        Upstream { addr, task }
+    }
+
+    /// Serves with a custom per-connection handler.
+    pub async fn custom<F, Fut>(f: F) -> Upstream
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(f(s));
+            }
+        });
+        Upstream { addr, task }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A users file with `alice`/`wonderland` (player, tier=gold) and
+/// `bob`/`builder` (no roles).
+pub fn users_file(dir: &std::path::Path) -> PathBuf {
+    use std::sync::OnceLock;
+    static HASHES: OnceLock<(String, String)> = OnceLock::new();
+    let (a, b) = HASHES.get_or_init(|| {
+        (
+            sessiongate::login::hash_password("wonderland").expect("hash"),
+            sessiongate::login::hash_password("builder").expect("hash"),
+        )
+    });
+    let p = dir.join("users.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "users:\n  - username: alice\n    password_hash: \"{a}\"\n    id: u-alice\n    name: Alice\n    roles: [player]\n    vars: {{tier: gold}}\n  - username: bob\n    password_hash: \"{b}\"\n    id: u-bob\n    name: Bob\n"
+        ),
+    )
+    .expect("write users");
+    p
+}
+
+/// Options for the standard test config.
+pub struct Setup {
+    pub store: String,
+    pub sessions: String,
+    pub routes: String,
+    pub login_extra: String,
+    pub extra: String,
+}
+
+impl Setup {
+    pub fn redis(r: &Redis) -> Setup {
+        Setup {
+            store: format!(
+                "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n",
+                r.url()
+            ),
+            sessions: String::new(),
+            routes: String::new(),
+            login_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn memory() -> Setup {
+        Setup {
+            store: "store:\n  kind: memory\n".into(),
+            sessions: String::new(),
+            routes: String::new(),
+            login_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn sessions(mut self, yaml: &str) -> Setup {
+        self.sessions = yaml.to_owned();
+        self
+    }
+
+    /// Route entries (each starting with `  - name:`).
+    pub fn routes(mut self, yaml: &str) -> Setup {
+        self.routes = yaml.to_owned();
+        self
+    }
+
+    pub fn login_extra(mut self, yaml: &str) -> Setup {
+        self.login_extra = yaml.to_owned();
+        self
+    }
+
+    pub fn extra(mut self, yaml: &str) -> Setup {
+        self.extra = yaml.to_owned();
+        self
+    }
+
+    pub fn yaml(&self, listen: u16, admin: u16, users: &std::path::Path) -> String {
+        format!(
+            "listen: [\"127.0.0.1:{listen}\"]\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n  token: {ADMIN_TOKEN}\n{store}tickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\n  cookie: {{name: sg_ticket, secure: false}}\n{sessions}login:\n  users_file: {users}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n{login_extra}server:\n  grace_period: 0s\n  shutdown_timeout: 2s\n{extra}routes:\n{routes}",
+            store = self.store,
+            sessions = if self.sessions.is_empty() {
+                String::new()
+            } else {
+                format!("sessions:\n{}", self.sessions)
+            },
+            users = users.display(),
+            login_extra = self.login_extra,
+            extra = self.extra,
+            routes = if self.routes.is_empty() {
+                "  - name: none\n    kind: controller\n    path: /none\n    upstreams: [\"127.0.0.1:9\"]\n    auth: public\n".to_owned()
+            } else {
+                self.routes.clone()
+            },
+        )
+    }
+}
+
+pub struct Gate {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Gate {
+    /// Writes the config and starts the gate; waits until it serves.
+    pub async fn start(setup: &Setup) -> Gate {
+        let dir = scratch_dir("gate");
+        let users = users_file(&dir);
+        let (listen, admin) = (free_port(), free_port());
+        let yaml = setup.yaml(listen, admin, &users);
+        Self::start_yaml(dir, &yaml, listen, admin, &[]).await
+    }
+
+    pub async fn start_yaml(
+        dir: PathBuf,
+        yaml: &str,
+        listen: u16,
+        admin: u16,
+        args: &[&str],
+    ) -> Gate {
+        let config = dir.join("sessiongate.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let log = dir.join("gate.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+            .args(args)
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("SESSIONGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn sessiongate");
+        let mut g = Gate {
+            child: Some(child),
+            addr: format!("127.0.0.1:{listen}").parse().expect("addr"),
+            admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+            dir,
+            config,
+            log,
+        };
+        g.wait_ready().await;
+        g
+    }
+
+    async fn wait_ready(&mut self) {
+        let addr = self.admin;
+        let ok = eventually(Duration::from_secs(20), || async {
+            let r = http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .ok()?;
+            (r.status == 200).then_some(())
+        })
+        .await;
+        if ok.is_none() {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "gate did not become ready (exit: {status:?}); log:\n{}",
+                self.logs()
+            );
+        }
+        let gate = self.addr;
+        eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(gate).await.ok().map(|_| ())
+        })
+        .await
+        .expect("gate listener up");
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                return st.code();
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn req(&self, raw: &str) -> Resp {
+        http(self.addr, raw).await.expect("request to gate")
+    }
+
+    pub async fn get(&self, path: &str, ticket: Option<&str>) -> Resp {
+        let auth = ticket
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        self.req(&format!(
+            "GET {path} HTTP/1.1\r\nHost: gate.test\r\n{auth}\r\n"
+        ))
+        .await
+    }
+
+    pub async fn post(&self, path: &str, ticket: Option<&str>, body: &str) -> Resp {
+        self.send("POST", path, ticket, body).await
+    }
+
+    pub async fn send(&self, method: &str, path: &str, ticket: Option<&str>, body: &str) -> Resp {
+        let auth = ticket
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        self.req(&format!(
+            "{method} {path} HTTP/1.1\r\nHost: gate.test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .await
+    }
+
+    /// Logs in; returns (ticket, whole response).
+    pub async fn login(&self, user: &str, password: &str) -> (String, Resp) {
+        let r = self
+            .post(
+                "/_session/login",
+                None,
+                &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, 201, "login failed: {}", r.text());
+        let t = r.json()["ticket"].as_str().expect("ticket").to_owned();
+        (t, r)
+    }
+
+    pub async fn admin_req(&self, method: &str, path: &str) -> Resp {
+        http(
+            self.admin,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n"
+            ),
+        )
+        .await
+        .expect("admin request")
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error` code of a SPEC error body.
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// For echo upstream answers: the headers it received.
+    pub fn upstream_headers(&self) -> HashMap<String, String> {
+        serde_json::from_value(self.json()["headers"].clone()).unwrap_or_default()
+    }
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection (the request is sent as
+/// given; `Connection: close` is not added, the response is framed by
+/// Content-Length or chunking).
+pub async fn http(addr: SocketAddr, raw: &str) -> std::io::Result<Resp> {
+    http_bytes(addr, raw.as_bytes()).await
+}
+
+pub async fn http_bytes(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(raw).await?;
+    read_response(&mut s).await
+}
+
+pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let deadline = Duration::from_secs(15);
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut hs);
+        if let Ok(httparse::Status::Complete(off)) = resp.parse(&buf) {
+            let status = resp.code.unwrap_or(0);
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let get = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+            };
+            let mut body = buf[off..].to_vec();
+            if let Some(cl) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                while body.len() < cl {
+                    let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
+                    if n == 0 {
+                        return Err(bad("eof in body"));
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                body.truncate(cl);
+            } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                loop {
+                    if let Some(b) = dechunk(&body) {
+                        body = b;
+                        break;
+                    }
+                    let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
+                    if n == 0 {
+                        return Err(bad("eof in chunked body"));
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else if status != 101 && status != 204 && status != 304 {
+                loop {
+                    let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            }
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
+        }
+        let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
+        if n == 0 {
+            return Err(bad("connection closed before a response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..end]).ok()?.trim(), 16).ok()?;
+        raw = &raw[end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+/// Standard routes for the proxy tests.
+pub fn routes(http: SocketAddr, ws: SocketAddr) -> String {
+    format!(
+        r#"  - name: chat
+    kind: gateway
+    path: /gateway/chat
+    upstreams: ["{ws}"]
+    auth: required
+    roles: [player]
+    origins: ["https://app.example.com"]
+  - name: shop
+    kind: controller
+    path: /controller/shop
+    strip_prefix: true
+    upstreams: ["{http}"]
+    auth: required
+  - name: admin-area
+    kind: controller
+    path: /admin
+    upstreams: ["{http}"]
+    auth: required
+    roles: [admin]
+  - name: public
+    kind: controller
+    path: /public
+    upstreams: ["{http}"]
+    auth: public
+  - name: maybe
+    kind: controller
+    path: /maybe
+    upstreams: ["{http}"]
+    auth: optional
+"#
+    )
+}

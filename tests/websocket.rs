@@ -1,0 +1,357 @@
+//! WebSocket gateways through the real gate: handshake auth, Origin
+//! allowlist, frames passing unchanged, idle survival, and tunnels ending
+//! with Close 4401 when their session leaves `active`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn setup_with(sessions: &str) -> (Redis, Upstream, Upstream, Gate) {
+    let redis = Redis::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let gate = Gate::start(
+        &Setup::redis(&redis)
+            .sessions(sessions)
+            .routes(&routes(http.addr, ws.addr)),
+    )
+    .await;
+    (redis, http, ws, gate)
+}
+
+async fn connect(
+    gate: &Gate,
+    query_ticket: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Ws, WsError> {
+    let url = match query_ticket {
+        Some(t) => format!("ws://{}/gateway/chat?ticket={t}", gate.addr),
+        None => format!("ws://{}/gateway/chat", gate.addr),
+    };
+    let mut req = url.into_client_request()?;
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    let (ws, resp) =
+        tokio_tungstenite::connect_async_with_config(req, Some(big_config()), false).await?;
+    assert_eq!(resp.status(), 101);
+    Ok(ws)
+}
+
+fn big_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        max_frame_size: Some(64 << 20),
+        ..Default::default()
+    }
+}
+
+const APP: Option<&str> = Some("https://app.example.com");
+
+fn http_status(e: WsError) -> (u16, String) {
+    match e {
+        WsError::Http(resp) => {
+            let body = resp
+                .body()
+                .clone()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
+/// Reads until a Close frame; returns its code and reason.
+async fn closed_with(ws: &mut Ws, within: Duration) -> (u16, String) {
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => panic!("no Close frame within {within:?}"),
+            m = ws.next() => match m {
+                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before Close: {e}"),
+                None => panic!("stream ended without a Close frame"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_needs_a_ticket_and_the_right_origin() {
+    let (_r, _h, _w, gate) = setup_with("").await;
+    let (status, body) = http_status(connect(&gate, None, APP).await.err().expect("refused"));
+    assert_eq!(status, 401);
+    assert!(body.contains("missing_ticket"), "{body}");
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    for bad in [
+        "null",
+        "https://app.example.com.evil.com",
+        "http://app.example.com",
+        "https://evil.com",
+    ] {
+        let (status, body) = http_status(
+            connect(&gate, Some(&ticket), Some(bad))
+                .await
+                .err()
+                .expect("refused"),
+        );
+        assert_eq!(status, 403, "{bad}");
+        assert!(body.contains("origin_not_allowed"), "{body}");
+    }
+    let (status, _) = http_status(
+        connect(&gate, Some(&ticket), None)
+            .await
+            .err()
+            .expect("no origin refused"),
+    );
+    assert_eq!(status, 403);
+    // bob lacks the player role
+    let (bob, _) = gate.login("bob", "builder").await;
+    let (status, body) = http_status(
+        connect(&gate, Some(&bob), APP)
+            .await
+            .err()
+            .expect("refused"),
+    );
+    assert_eq!(status, 403);
+    assert!(body.contains("forbidden"));
+    assert!(connect(&gate, Some(&ticket), APP).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_from_header_or_cookie_also_opens_a_tunnel() {
+    let (_r, _h, _w, gate) = setup_with("").await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    for (name, value) in [
+        ("authorization", format!("Bearer {ticket}")),
+        ("cookie", format!("sg_ticket={ticket}")),
+    ] {
+        let mut req = format!("ws://{}/gateway/chat", gate.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(name, value.parse().unwrap());
+        req.headers_mut()
+            .insert("origin", "https://app.example.com".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect(name);
+        ws.send(Message::Text("hi".into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Text("hi".into())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pass_both_ways_unchanged() {
+    let (_r, _h, _w, gate) = setup_with("").await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    ws.send(Message::Text("héllo ✓".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("héllo ✓".into())
+    );
+    let bin: Vec<u8> = (0..=255u8).collect();
+    ws.send(Message::Binary(bin.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(bin));
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::Binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(big));
+    // Fragmented message: three frames, reassembled by the echo upstream and sent back.
+    for (fin, opcode, data) in [
+        (
+            false,
+            tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+            ),
+            "frag",
+        ),
+        (
+            false,
+            tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Continue,
+            ),
+            "ment",
+        ),
+        (
+            true,
+            tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Continue,
+            ),
+            "ed",
+        ),
+    ] {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            ..FrameHeader::default()
+        };
+        ws.send(Message::Frame(Frame::from_payload(
+            header,
+            data.as_bytes().to_vec().into(),
+        )))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("fragmented".into())
+    );
+    ws.send(Message::Ping(b"p1".to_vec())).await.unwrap();
+    let pong = ws.next().await.unwrap().unwrap();
+    assert_eq!(pong, Message::Pong(b"p1".to_vec()));
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    let (code, reason) = closed_with(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (4000, "bye"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_first_message_right_after_101_keeps_the_tunnel_open() {
+    // Pingora issue 946: an upstream 101 read before the request's empty body
+    // could end the tunnel at once. This upstream speaks first, immediately.
+    let redis = Redis::spawn().await;
+    let eager = Upstream::custom(|s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        let _ = ws.send(Message::Text("welcome".into())).await;
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() && ws.send(m).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let routes = format!(
+        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n",
+        eager.addr
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    for _ in 0..20 {
+        let mut ws = connect(&gate, Some(&ticket), None).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("welcome in time");
+        assert_eq!(first.unwrap().unwrap(), Message::Text("welcome".into()));
+        ws.send(Message::Text("still there?".into())).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time");
+        assert_eq!(echo.unwrap().unwrap(), Message::Text("still there?".into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_open_tunnels_with_4401() {
+    let (_r, _h, _w, gate) = setup_with("").await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    ws.send(Message::Text("x".into())).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        gate.post("/_session/logout", Some(&ticket), "")
+            .await
+            .status,
+        204
+    );
+    let (code, reason) = closed_with(&mut ws, Duration::from_secs(2)).await;
+    assert_eq!((code, reason.as_str()), (4401, "session ended"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_revoke_ends_an_idle_tunnel_with_4401() {
+    let (_r, _h, _w, gate) = setup_with("").await;
+    let (ticket, login) = gate.login("alice", "wonderland").await;
+    let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    let started = Instant::now();
+    let r = gate
+        .admin_req("POST", &format!("/admin/sessions/{sid}/revoke"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (code, reason) = closed_with(&mut ws, Duration::from_secs(2)).await;
+    assert_eq!((code, reason.as_str()), (4401, "session revoked"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_ends_a_tunnel_within_a_second() {
+    let (_r, _h, _w, gate) =
+        setup_with("  ttl: 2s\n  touch_interval: 1s\n  idle_timeout: 1m\n").await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    let (code, reason) = closed_with(&mut ws, Duration::from_secs(4)).await;
+    assert_eq!((code, reason.as_str()), (4401, "session expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
+    let (_r, _h, _w, gate) = setup_with("  idle_timeout: 2s\n  touch_interval: 500ms\n").await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    // Talk for 4 s, twice the idle timeout: client frames count as activity.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        ws.send(Message::Text("tick".into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Text("tick".into())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(gate.get("/_session", Some(&ticket)).await.status, 200);
+    // Then fall silent: abandoned after the idle timeout, tunnel closed.
+    let (code, reason) = closed_with(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (4401, "session abandoned"));
+    let r = gate.get("/_session", Some(&ticket)).await;
+    assert_eq!(r.error(), "session_abandoned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tunnel_outlives_the_default_read_timeout() {
+    // Pingora cuts a downstream silent for 60 s by default; the gate lifts it for tunnels.
+    let secs: u64 = std::env::var("SG_SILENT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(70);
+    let (_r, _h, _w, gate) = setup_with("  idle_timeout: 1h\n").await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_secs(secs), ws.next()).await;
+    assert!(quiet.is_err(), "tunnel ended while silent: {quiet:?}");
+    ws.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("still here".into())
+    );
+}
