@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Config, TicketSource, UserEntry};
+use crate::config::{Config, OnUnavailable, TicketSource, UserEntry};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::route::RouteTable;
@@ -259,6 +259,8 @@ pub struct LivenessCache {
 }
 
 const CACHE_MAX: usize = 200_000;
+/// Entries outlive their freshness so `on_unavailable: grace` can use them.
+const CACHE_RETAIN_MS: u64 = 5 * 60 * 1000;
 
 impl LivenessCache {
     fn fresh(&self, sid: &str, now: u64, rules: Rules) -> bool {
@@ -274,10 +276,23 @@ impl LivenessCache {
         })
     }
 
+    /// Whether this node saw the session active within `grace_ms` (and the
+    /// clock has not ended it since).
+    fn seen_active_within(&self, sid: &str, now: u64, grace_ms: u64) -> bool {
+        let Ok(map) = self.map.lock() else {
+            return false;
+        };
+        map.get(sid).is_some_and(|e| {
+            now.saturating_sub(e.checked_at) < grace_ms
+                && e.live.status.is_active()
+                && now < e.live.expire_at
+        })
+    }
+
     fn put(&self, sid: &str, live: Liveness, now: u64) {
         if let Ok(mut map) = self.map.lock() {
             if map.len() >= CACHE_MAX {
-                map.retain(|_, e| now.saturating_sub(e.checked_at) < CACHE_TTL_MS);
+                map.retain(|_, e| now.saturating_sub(e.checked_at) < CACHE_RETAIN_MS);
             }
             match map.get_mut(sid) {
                 Some(e) => {
@@ -314,6 +329,25 @@ pub struct Gate {
     pub tunnels: Tunnels,
     pub metrics: Metrics,
     pub config_path: std::path::PathBuf,
+    /// Requests (tunnels included) being served, for a graceful stop that
+    /// exits as soon as they are done.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one request as in flight for as long as it lives.
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Gate {
@@ -329,6 +363,7 @@ impl Gate {
             tunnels: Tunnels::default(),
             metrics: Metrics::new(),
             config_path,
+            in_flight: Arc::default(),
         })
     }
 
@@ -356,7 +391,23 @@ impl Gate {
         if self.cache.fresh(&claims.sid, now, s.rules) {
             return Ok(claims);
         }
-        let live = self.check(&claims.sid, now, s.rules).await?;
+        let live = match self.check(&claims.sid, now, s.rules).await {
+            Ok(live) => live,
+            // `on_unavailable: grace`: a session this node saw active within
+            // `grace` keeps working through a store outage.
+            Err(_)
+                if s.config.store.on_unavailable == OnUnavailable::Grace
+                    && self.cache.seen_active_within(
+                        &claims.sid,
+                        now,
+                        ms(s.config.store.grace),
+                    ) =>
+            {
+                tracing::debug!(sid = %claims.sid, "store unavailable; admitted under grace");
+                return Ok(claims);
+            }
+            Err(r) => return Err(r),
+        };
         match live {
             Some(l) if l.status.is_active() => {
                 self.cache.put(&claims.sid, l, now);

@@ -23,7 +23,8 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind};
 use crate::gate::{
-    Gate, Settings, TicketFrom, cookie, cookies_without, find_ticket, now_ms, query_without_ticket,
+    Gate, InFlight, Settings, TicketFrom, cookie, cookies_without, find_ticket, now_ms,
+    query_without_ticket,
 };
 use crate::health::Health;
 use crate::reject::Reject;
@@ -56,6 +57,7 @@ impl Proxy {
 
 /// Per-request state.
 pub struct Ctx {
+    _in_flight: InFlight,
     started: Instant,
     settings: Option<Arc<Settings>>,
     route: Option<usize>,
@@ -200,6 +202,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            _in_flight: InFlight::new(&self.gate.in_flight),
             started: Instant::now(),
             settings: None,
             route: None,
@@ -478,19 +481,19 @@ impl ProxyHttp for Proxy {
                 e.etype(),
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
             );
-        if let Some(route) = ctx.settings.as_ref().and_then(|s| ctx.route(s)) {
-            if e.esource() == &ErrorSource::Upstream
-                || matches!(
-                    reject,
-                    Reject::UpstreamUnavailable | Reject::UpstreamTimeout
-                )
-            {
-                self.gate
-                    .metrics
-                    .upstream_errors
-                    .with_label_values(&[&route.name, reject.code()])
-                    .inc();
-            }
+        let upstream_failed = e.esource() == &ErrorSource::Upstream
+            || matches!(
+                reject,
+                Reject::UpstreamUnavailable | Reject::UpstreamTimeout
+            );
+        if let Some(route) = ctx.settings.as_ref().and_then(|s| ctx.route(s))
+            && upstream_failed
+        {
+            self.gate
+                .metrics
+                .upstream_errors
+                .with_label_values(&[&route.name, reject.code()])
+                .inc();
         }
         tracing::warn!(error = %e, code = reject.code(), "request failed");
         let code = if downstream_gone || session.response_written().is_some() {

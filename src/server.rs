@@ -45,9 +45,11 @@ pub fn load(path: &Path) -> Result<(Config, Vec<config::UserEntry>), Vec<ConfigE
     Ok((cfg, users))
 }
 
-fn build_store(
-    cfg: &Config,
-) -> Result<(Arc<dyn SessionStore>, Option<Arc<RedisStore>>), StartError> {
+/// The store behind the trait, and the Redis handle when there is one (its
+/// event relay must be started inside a long-lived runtime).
+type Stores = (Arc<dyn SessionStore>, Option<Arc<RedisStore>>);
+
+fn build_store(cfg: &Config) -> Result<Stores, StartError> {
     match cfg.store.kind {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
         StoreKind::Redis => {
@@ -81,6 +83,7 @@ pub fn run(
         ..ServerConf::default()
     };
     let (store, redis) = build_store(&cfg)?;
+    let grace = cfg.server.grace_period;
     let listen = cfg.listen.clone();
     let admin = cfg.admin.clone();
     let settings = Settings::new(cfg, users).map_err(StartError::Settings)?;
@@ -114,6 +117,7 @@ pub fn run(
         "lifecycle",
         Lifecycle {
             gate: Arc::clone(&gate),
+            grace,
             health,
             redis,
         },
@@ -161,6 +165,7 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 struct Lifecycle {
     gate: Arc<Gate>,
+    grace: Duration,
     health: Arc<Health>,
     redis: Option<Arc<RedisStore>>,
 }
@@ -178,13 +183,35 @@ impl BackgroundService for Lifecycle {
             tokio::spawn(watch_config(Arc::clone(&self.gate))),
         ];
         let _ = shutdown.changed().await;
-        tracing::info!("shutting down: closing WebSockets");
+        tracing::info!("shutting down: closing WebSockets, draining requests");
         self.gate
             .tunnels
             .end_all(CLOSE_GOING_AWAY, "gate shutting down");
         for t in tasks {
             t.abort();
         }
+        // Pingora sleeps out the whole grace period before stopping; exit as
+        // soon as the last in-flight request is done instead.
+        let deadline = std::time::Instant::now() + self.grace;
+        while self
+            .gate
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            in_flight = self
+                .gate
+                .in_flight
+                .load(std::sync::atomic::Ordering::Acquire),
+            "drained; exiting"
+        );
+        // Give the non-blocking log writer a moment to flush its last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::process::exit(0);
     }
 }
 

@@ -358,3 +358,32 @@ async fn keep_alive_survives_a_refusal() {
     let r = read_response(&mut s).await.unwrap();
     assert_eq!(r.status, 200, "same connection serves the next request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_mode_admits_recently_seen_sessions_through_an_outage() {
+    let mut redis = Redis::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let mut setup = Setup::redis(&redis).routes(&routes(http.addr, ws.addr));
+    setup.store = format!(
+        "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n  on_unavailable: grace\n  grace: 30s\n",
+        redis.url()
+    );
+    let gate = Gate::start(&setup).await;
+    let (seen, _) = gate.login("alice", "wonderland").await;
+    let (unseen, _) = gate.login("bob", "builder").await;
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&seen)).await.status,
+        200
+    );
+    redis.kill();
+    // Past the 1 s cache, the seen session is still admitted; the unseen one gets 503.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&seen)).await.status,
+        200
+    );
+    let r = gate.get("/controller/shop/x", Some(&unseen)).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error(), "store_unavailable");
+}

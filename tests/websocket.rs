@@ -74,6 +74,13 @@ fn http_status(e: WsError) -> (u16, String) {
     }
 }
 
+fn refused(r: Result<Ws, WsError>, what: &str) -> WsError {
+    match r {
+        Ok(_) => panic!("handshake should have been refused: {what}"),
+        Err(e) => e,
+    }
+}
+
 /// Reads until a Close frame; returns its code and reason.
 async fn closed_with(ws: &mut Ws, within: Duration) -> (u16, String) {
     let deadline = tokio::time::sleep(within);
@@ -95,7 +102,7 @@ async fn closed_with(ws: &mut Ws, within: Duration) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_needs_a_ticket_and_the_right_origin() {
     let (_r, _h, _w, gate) = setup_with("").await;
-    let (status, body) = http_status(connect(&gate, None, APP).await.err().expect("refused"));
+    let (status, body) = http_status(refused(connect(&gate, None, APP).await, "refused"));
     assert_eq!(status, 401);
     assert!(body.contains("missing_ticket"), "{body}");
     let (ticket, _) = gate.login("alice", "wonderland").await;
@@ -105,30 +112,21 @@ async fn handshake_needs_a_ticket_and_the_right_origin() {
         "http://app.example.com",
         "https://evil.com",
     ] {
-        let (status, body) = http_status(
-            connect(&gate, Some(&ticket), Some(bad))
-                .await
-                .err()
-                .expect("refused"),
-        );
+        let (status, body) = http_status(refused(
+            connect(&gate, Some(&ticket), Some(bad)).await,
+            "refused",
+        ));
         assert_eq!(status, 403, "{bad}");
         assert!(body.contains("origin_not_allowed"), "{body}");
     }
-    let (status, _) = http_status(
-        connect(&gate, Some(&ticket), None)
-            .await
-            .err()
-            .expect("no origin refused"),
-    );
+    let (status, _) = http_status(refused(
+        connect(&gate, Some(&ticket), None).await,
+        "no origin refused",
+    ));
     assert_eq!(status, 403);
     // bob lacks the player role
     let (bob, _) = gate.login("bob", "builder").await;
-    let (status, body) = http_status(
-        connect(&gate, Some(&bob), APP)
-            .await
-            .err()
-            .expect("refused"),
-    );
+    let (status, body) = http_status(refused(connect(&gate, Some(&bob), APP).await, "refused"));
     assert_eq!(status, 403);
     assert!(body.contains("forbidden"));
     assert!(connect(&gate, Some(&ticket), APP).await.is_ok());
@@ -204,7 +202,7 @@ async fn frames_pass_both_ways_unchanged() {
         };
         ws.send(Message::Frame(Frame::from_payload(
             header,
-            data.as_bytes().to_vec().into(),
+            data.as_bytes().to_vec(),
         )))
         .await
         .unwrap();
@@ -340,10 +338,11 @@ async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tunnel_outlives_the_default_read_timeout() {
     // Pingora cuts a downstream silent for 60 s by default; the gate lifts it for tunnels.
+    // The issue asks for 5 minutes of silence; SG_SILENT_SECS shortens it for local runs.
     let secs: u64 = std::env::var("SG_SILENT_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(70);
+        .unwrap_or(305);
     let (_r, _h, _w, gate) = setup_with("  idle_timeout: 1h\n").await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();

@@ -474,7 +474,7 @@ impl SessionStore for RedisStore {
             .into_iter()
             .map(parse_session)
             .collect::<Result<Vec<_>, _>>()?;
-        sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         Ok(sessions)
     }
 

@@ -255,7 +255,7 @@ impl Setup {
 
     pub fn yaml(&self, listen: u16, admin: u16, users: &std::path::Path) -> String {
         format!(
-            "listen: [\"127.0.0.1:{listen}\"]\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n  token: {ADMIN_TOKEN}\n{store}tickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\n  cookie: {{name: sg_ticket, secure: false}}\n{sessions}login:\n  users_file: {users}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n{login_extra}server:\n  grace_period: 0s\n  shutdown_timeout: 2s\n{extra}routes:\n{routes}",
+            "listen: [\"127.0.0.1:{listen}\"]\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n  token: {ADMIN_TOKEN}\n{store}tickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\n  cookie: {{name: sg_ticket, secure: false}}\n{sessions}login:\n  users_file: {users}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n{login_extra}server:\n  grace_period: 5s\n  shutdown_timeout: 2s\n{extra}routes:\n{routes}",
             store = self.store,
             sessions = if self.sessions.is_empty() {
                 String::new()
@@ -625,4 +625,83 @@ pub fn routes(http: SocketAddr, ws: SocketAddr) -> String {
     auth: optional
 "#
     )
+}
+
+/// `alice`/`wonderland` and `bob`/`builder` exactly as in [`users_file`], but
+/// hashed with tiny argon2id parameters (m=8, t=1, p=1), so a test can log
+/// in hundreds of times without waiting on the hash. Written as
+/// `cheap-users.yaml` in `dir`.
+pub fn cheap_users_file(dir: &std::path::Path) -> PathBuf {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    let argon = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(8, 1, 1, None).expect("argon2 params"),
+    );
+    let hash = |pw: &str| {
+        argon
+            .hash_password(pw.as_bytes(), &SaltString::generate(&mut OsRng))
+            .expect("hash")
+            .to_string()
+    };
+    let p = dir.join("cheap-users.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "users:\n  - username: alice\n    password_hash: \"{}\"\n    id: u-alice\n    name: Alice\n    roles: [player]\n    vars: {{tier: gold}}\n  - username: bob\n    password_hash: \"{}\"\n    id: u-bob\n    name: Bob\n",
+            hash("wonderland"),
+            hash("builder")
+        ),
+    )
+    .expect("write users");
+    p
+}
+
+impl Gate {
+    /// Like [`Gate::start`], with the lines under `login:` replaced by
+    /// `login` (each indented two spaces), for a delegate, low rate limits or
+    /// cheap hashes. In `login`, `{users}` stands for the standard users file
+    /// and `{cheap_users}` for [`cheap_users_file`].
+    pub async fn start_with_login(setup: &Setup, login: &str) -> Gate {
+        let dir = scratch_dir("gate");
+        let users = users_file(&dir);
+        let cheap = cheap_users_file(&dir);
+        let (listen, admin) = (free_port(), free_port());
+        let yaml = setup.yaml(listen, admin, &users);
+        let standard = format!(
+            "login:\n  users_file: {}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
+            users.display()
+        );
+        assert!(
+            yaml.contains(&standard),
+            "the standard login block changed; update start_with_login:\n{yaml}"
+        );
+        let login = login
+            .replace("{users}", &users.display().to_string())
+            .replace("{cheap_users}", &cheap.display().to_string());
+        let yaml = yaml.replacen(&standard, &format!("login:\n{login}"), 1);
+        Self::start_yaml(dir, &yaml, listen, admin, &[]).await
+    }
+
+    /// [`Gate::send`] from another client address (any of 127.0.0.0/8), so
+    /// the gate sees another client IP.
+    pub async fn send_from(
+        &self,
+        local: std::net::IpAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Resp {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(local, 0))
+            .expect("bind client address");
+        let mut s = sock.connect(self.addr).await.expect("connect to gate");
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: gate.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(raw.as_bytes()).await.expect("send");
+        read_response(&mut s).await.expect("response from gate")
+    }
 }

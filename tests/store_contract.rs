@@ -1,0 +1,770 @@
+//! The `SessionStore` contract, one suite run against both stores: every
+//! rule below is an `async fn` taking a [`Fixture`], and `contract!` turns
+//! each into a test in `mod memory` (the in-process store) and `mod redis`
+//! (a private `redis-server`). Time is injected (`now`) everywhere except
+//! the rate-limit window, which Redis keeps with its own clock.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessiongate::session::{Event, Session, Status, rfc3339};
+use sessiongate::store::memory::MemoryStore;
+use sessiongate::store::redis::RedisStore;
+use sessiongate::store::{RateDecision, Rules, SessionStore};
+use support::Redis;
+use tokio::sync::broadcast;
+
+const IDLE_MS: u64 = 10_000;
+const TOUCH_MS: u64 = 1_000;
+const TTL_MS: u64 = 60_000;
+const MAX_LIFE_MS: u64 = 120_000;
+
+const RULES: Rules = Rules {
+    idle_ms: IDLE_MS,
+    touch_ms: TOUCH_MS,
+    retain_ms: 60_000,
+};
+
+/// The store under test, its event receiver (subscribed before any call)
+/// and, for Redis, the server behind it.
+struct Fixture {
+    store: Arc<dyn SessionStore>,
+    events: broadcast::Receiver<Event>,
+    redis: Option<Redis>,
+    /// A realistic "now" for injected times.
+    t0: u64,
+}
+
+async fn memory_fixture() -> Fixture {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    Fixture {
+        events: store.events(),
+        store,
+        redis: None,
+        t0: sessiongate::gate::now_ms(),
+    }
+}
+
+async fn redis_fixture() -> Fixture {
+    let redis = Redis::spawn().await;
+    let store = RedisStore::new(&redis.url(), "sg:", Duration::from_millis(500)).unwrap();
+    store.start_events();
+    let mut events = store.events();
+    // The relay subscribes in the background: publish probes on the channel
+    // until one comes back, so no later event can be missed.
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event relay never subscribed"
+        );
+        let probe = serde_json::json!({"sid": format!("probe-{n}"), "userId": "probe", "status": "ended", "at": ""});
+        let _: i64 = ::redis::cmd("PUBLISH")
+            .arg("sg:events")
+            .arg(probe.to_string())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            break;
+        }
+    }
+    Fixture {
+        store,
+        events,
+        redis: Some(redis),
+        t0: sessiongate::gate::now_ms(),
+    }
+}
+
+impl Fixture {
+    fn store(&self) -> &dyn SessionStore {
+        self.store.as_ref()
+    }
+
+    /// Every event that arrives until none has come for `quiet`, probes left out.
+    async fn drain(&mut self, quiet: Duration) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(Ok(ev)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            if ev.user_id != "probe" {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    async fn status(&self, sid: &str, now: u64) -> Status {
+        self.store()
+            .get(sid, now, RULES)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+    }
+}
+
+fn session(id: &str, user: &str, now: u64) -> Session {
+    Session {
+        id: id.to_owned(),
+        user_id: user.to_owned(),
+        name: format!("{user} name"),
+        roles: vec!["player".into(), "tester".into()],
+        vars: BTreeMap::from([
+            ("tier".to_owned(), "gold".to_owned()),
+            ("lang".to_owned(), "fr – ünïcode".to_owned()),
+        ]),
+        status: Status::Active,
+        created_at: now,
+        last_active_at: now,
+        expire_at: now + TTL_MS,
+        max_expire_at: now + MAX_LIFE_MS,
+        updated_at: now,
+    }
+}
+
+async fn create(f: &Fixture, s: &Session, max: u32) -> Vec<String> {
+    f.store().create(s, max, RULES).await.unwrap().replaced
+}
+
+fn ev(sid: &str, user: &str, status: Status, now: u64) -> Event {
+    Event::new(sid, user, status, now)
+}
+
+// ---------------------------------------------------------------- the rules
+
+async fn create_then_get_round_trips(f: Fixture) {
+    let t = f.t0;
+    let s = session("rt-1", "alice", t);
+    assert_eq!(create(&f, &s, 5).await, Vec::<String>::new());
+    assert_eq!(f.store().get("rt-1", t, RULES).await.unwrap(), Some(s));
+    assert_eq!(f.store().get("nope", t, RULES).await.unwrap(), None);
+    assert_eq!(f.store().check("nope", t, RULES).await.unwrap(), None);
+    assert_eq!(f.store().touch("nope", t, RULES).await.unwrap(), None);
+    assert_eq!(
+        f.store().refresh("nope", t + 1, t, RULES).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        f.store()
+            .set_status("nope", Status::Ended, t, RULES)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn check_applies_expiry_and_idle(f: Fixture) {
+    let t = f.t0;
+    let mut short = session("clock-exp", "alice", t);
+    short.expire_at = t + 5_000;
+    create(&f, &short, 5).await;
+    create(&f, &session("clock-idle", "alice", t), 5).await;
+
+    let l = f
+        .store()
+        .check("clock-exp", t + 4_999, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.status, Status::Active);
+    // Expiry is checked against the injected now, and wins over idleness.
+    let l = f
+        .store()
+        .check("clock-exp", t + IDLE_MS + 1, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.status, Status::Expired);
+    assert_eq!(l.expire_at, t + 5_000);
+    let s = f
+        .store()
+        .get("clock-exp", t + IDLE_MS + 2, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status, Status::Expired);
+    assert_eq!(s.updated_at, t + IDLE_MS + 1, "updatedAt is the change");
+
+    // Idle: one millisecond short of idle_timeout is still active (and the
+    // check, being activity, moves lastActiveAt); a full idle_timeout later
+    // it is abandoned.
+    let l = f
+        .store()
+        .check("clock-idle", t + IDLE_MS - 1, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.status, Status::Active);
+    assert_eq!(l.last_active_at, t + IDLE_MS - 1);
+    let l = f
+        .store()
+        .check("clock-idle", t + 2 * IDLE_MS - 1, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.status, Status::Abandoned);
+    assert_eq!(
+        f.status("clock-idle", t + 3 * IDLE_MS).await,
+        Status::Abandoned
+    );
+}
+
+async fn check_throttles_last_active_at(f: Fixture) {
+    let t = f.t0;
+    create(&f, &session("thr", "alice", t), 5).await;
+    let last = |now: u64| {
+        let st = f.store.clone();
+        async move {
+            st.check("thr", now, RULES)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_active_at
+        }
+    };
+    assert_eq!(last(t + TOUCH_MS - 1).await, t, "not yet due");
+    assert_eq!(last(t + TOUCH_MS).await, t + TOUCH_MS, "due: written");
+    assert_eq!(last(t + TOUCH_MS + 500).await, t + TOUCH_MS, "throttled");
+    assert_eq!(last(t + 2 * TOUCH_MS).await, t + 2 * TOUCH_MS);
+    let s = f
+        .store()
+        .get("thr", t + 2 * TOUCH_MS + 1, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.last_active_at, t + 2 * TOUCH_MS, "the write is stored");
+    // touch is not throttled.
+    let s = f
+        .store()
+        .touch("thr", t + 2 * TOUCH_MS + 10, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.last_active_at, t + 2 * TOUCH_MS + 10);
+    assert_eq!(s.status, Status::Active);
+}
+
+async fn no_status_returns_to_active(mut f: Fixture) {
+    let t = f.t0;
+    let user = "nsr";
+    for (i, st) in Status::ALL
+        .into_iter()
+        .filter(|s| !s.is_active())
+        .enumerate()
+    {
+        let sid = format!("nsr-{st}");
+        let mut s = session(&sid, user, t + i as u64);
+        s.expire_at = t + 50_000;
+        create(&f, &s, 100).await;
+        // Reach `st`: through the clock for expired/abandoned, set_status otherwise.
+        let at = t + 1_000;
+        match st {
+            Status::Expired => {
+                f.store().check(&sid, t + 50_000, RULES).await.unwrap();
+            }
+            Status::Abandoned => {
+                f.store()
+                    .check(&sid, t + i as u64 + IDLE_MS, RULES)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                f.store().set_status(&sid, st, at, RULES).await.unwrap();
+            }
+        }
+        let before = f.store().get(&sid, at, RULES).await.unwrap().unwrap();
+        assert_eq!(before.status, st);
+        if st == Status::Removed {
+            // Removed is final: every further change finds nothing.
+            for target in Status::ALL {
+                assert_eq!(
+                    f.store()
+                        .set_status(&sid, target, at + 1, RULES)
+                        .await
+                        .unwrap(),
+                    None,
+                    "removed -> {target}"
+                );
+            }
+        } else {
+            for target in Status::ALL.into_iter().filter(|s| *s != Status::Removed) {
+                let after = f
+                    .store()
+                    .set_status(&sid, target, at + 1, RULES)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(after, before, "{st} -> {target} must change nothing");
+            }
+        }
+        // Neither touch nor refresh revives it.
+        let later = t + 60_000;
+        if let Some(s) = f.store().touch(&sid, later, RULES).await.unwrap() {
+            assert_eq!(s, before, "touch on {st}");
+        }
+        if let Some(s) = f
+            .store()
+            .refresh(&sid, later + TTL_MS, later, RULES)
+            .await
+            .unwrap()
+        {
+            assert_eq!(s, before, "refresh on {st}");
+        }
+        let l = f.store().check(&sid, later, RULES).await.unwrap().unwrap();
+        assert_eq!(l.status, st);
+    }
+    // One event per status reached, none from the refused changes.
+    let got: Vec<String> = f
+        .drain(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "ended",
+            "removed",
+            "revoked",
+            "expired",
+            "abandoned",
+            "replaced"
+        ]
+    );
+}
+
+async fn removed_leaves_the_list_and_ended_stays(f: Fixture) {
+    let t = f.t0;
+    for (i, sid) in ["rm-a", "rm-b", "rm-c"].into_iter().enumerate() {
+        create(&f, &session(sid, "alice", t + i as u64), 5).await;
+    }
+    let removed = f
+        .store()
+        .set_status("rm-a", Status::Removed, t + 10, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.status, Status::Removed);
+    let ended = f
+        .store()
+        .set_status("rm-b", Status::Ended, t + 10, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, Status::Ended);
+    // An ended session can still be removed by its user.
+    let list = f.store().list("alice", t + 20, RULES).await.unwrap();
+    let ids: Vec<(&str, Status)> = list.iter().map(|s| (s.id.as_str(), s.status)).collect();
+    assert_eq!(ids, [("rm-c", Status::Active), ("rm-b", Status::Ended)]);
+    // The record stays readable, so its ticket answers session_removed.
+    assert_eq!(f.status("rm-a", t + 20).await, Status::Removed);
+    let again = f
+        .store()
+        .set_status("rm-b", Status::Removed, t + 30, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.status, Status::Removed);
+    let list = f.store().list("alice", t + 40, RULES).await.unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["rm-c"]
+    );
+}
+
+async fn list_is_newest_first_and_per_user(f: Fixture) {
+    let t = f.t0;
+    // Inserted out of order: the list orders by creation time, not insertion.
+    for (sid, at) in [("l-2", t + 20), ("l-1", t + 10), ("l-3", t + 30)] {
+        create(&f, &session(sid, "alice", at), 10).await;
+    }
+    create(&f, &session("l-bob", "bob", t + 25), 10).await;
+    let list = f.store().list("alice", t + 40, RULES).await.unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["l-3", "l-2", "l-1"]
+    );
+    assert_eq!(list[0], session("l-3", "alice", t + 30));
+    assert!(
+        f.store()
+            .list("nobody", t + 40, RULES)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn max_per_user_replaces_the_oldest_active(mut f: Fixture) {
+    let t = f.t0;
+    let u = "mpu";
+    assert!(create(&f, &session("m-a", u, t), 2).await.is_empty());
+    assert!(create(&f, &session("m-b", u, t + 1), 2).await.is_empty());
+    assert_eq!(create(&f, &session("m-c", u, t + 2), 2).await, ["m-a"]);
+    assert_eq!(f.status("m-a", t + 3).await, Status::Replaced);
+    // A session already ended does not count against the limit.
+    f.store()
+        .set_status("m-b", Status::Ended, t + 3, RULES)
+        .await
+        .unwrap();
+    assert!(create(&f, &session("m-d", u, t + 4), 2).await.is_empty());
+    // Neither does one whose ttl has passed: it becomes expired, not replaced.
+    let mut short = session("m-e", u, t + 5);
+    short.expire_at = t + 100;
+    assert_eq!(create(&f, &short, 3).await, Vec::<String>::new());
+    assert_eq!(create(&f, &session("m-f", u, t + 200), 2).await, ["m-c"]);
+    assert_eq!(f.status("m-e", t + 201).await, Status::Expired);
+    // Lowering the limit replaces as many as needed, oldest first.
+    assert_eq!(
+        create(&f, &session("m-g", u, t + 300), 1).await,
+        ["m-d", "m-f"]
+    );
+    let active: Vec<String> = f
+        .store()
+        .list(u, t + 301, RULES)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.status.is_active())
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(active, ["m-g"]);
+    let got: Vec<(String, String)> = f
+        .drain(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .map(|e| (e.sid, e.status))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("m-a", "replaced"),
+        ("m-b", "ended"),
+        ("m-e", "expired"),
+        ("m-c", "replaced"),
+        ("m-d", "replaced"),
+        ("m-f", "replaced"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(got, want);
+}
+
+async fn revoke_user_counts_active_sessions_only(f: Fixture) {
+    let t = f.t0;
+    for (i, sid) in ["rv-1", "rv-2", "rv-3"].into_iter().enumerate() {
+        create(&f, &session(sid, "alice", t + i as u64), 5).await;
+    }
+    create(&f, &session("rv-bob", "bob", t), 5).await;
+    f.store()
+        .set_status("rv-2", Status::Ended, t + 5, RULES)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store().revoke_user("alice", t + 6, RULES).await.unwrap(),
+        2
+    );
+    assert_eq!(f.status("rv-1", t + 7).await, Status::Revoked);
+    assert_eq!(f.status("rv-2", t + 7).await, Status::Ended);
+    assert_eq!(f.status("rv-3", t + 7).await, Status::Revoked);
+    assert_eq!(f.status("rv-bob", t + 7).await, Status::Active);
+    assert_eq!(
+        f.store().revoke_user("alice", t + 8, RULES).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        f.store().revoke_user("nobody", t + 8, RULES).await.unwrap(),
+        0
+    );
+}
+
+async fn refresh_pushes_expiry_capped_at_max_expire_at(f: Fixture) {
+    let t = f.t0;
+    let mut s = session("rf", "alice", t);
+    s.expire_at = t + 1_000;
+    s.max_expire_at = t + 5_000;
+    create(&f, &s, 5).await;
+    let r = f
+        .store()
+        .refresh("rf", t + 3_000, t + 500, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, Status::Active);
+    assert_eq!(r.expire_at, t + 3_000);
+    assert_eq!(r.last_active_at, t + 500, "a refresh is activity");
+    assert_eq!(r.max_expire_at, t + 5_000);
+    let r = f
+        .store()
+        .refresh("rf", t + 9_000, t + 600, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.expire_at, t + 5_000, "capped at max_expire_at");
+    // The pushed expiry is what the clock rules use afterwards.
+    let l = f
+        .store()
+        .check("rf", t + 4_999, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.status, Status::Active);
+    let l = f
+        .store()
+        .check("rf", t + 5_000, RULES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.status, Status::Expired);
+}
+
+async fn hit_rate_is_a_fixed_window(f: Fixture) {
+    // Redis keeps the window with its own clock, so real time is used here.
+    let now = sessiongate::gate::now_ms;
+    let window = 400;
+    for _ in 0..3 {
+        assert_eq!(
+            f.store().hit_rate("k", 3, window, now()).await.unwrap(),
+            RateDecision::Allow
+        );
+    }
+    for _ in 0..2 {
+        match f.store().hit_rate("k", 3, window, now()).await.unwrap() {
+            RateDecision::Deny { retry_after_ms } => {
+                assert!(
+                    (1..=window).contains(&retry_after_ms),
+                    "retry after {retry_after_ms} ms"
+                );
+            }
+            RateDecision::Allow => panic!("the 4th and 5th hits must be denied"),
+        }
+    }
+    assert_eq!(
+        f.store().hit_rate("other", 3, window, now()).await.unwrap(),
+        RateDecision::Allow,
+        "keys are counted apart"
+    );
+    // Sleeping is the point here: the window has to pass.
+    tokio::time::sleep(Duration::from_millis(window + 50)).await;
+    assert_eq!(
+        f.store().hit_rate("k", 3, window, now()).await.unwrap(),
+        RateDecision::Allow,
+        "a new window starts afresh"
+    );
+}
+
+async fn every_status_change_emits_exactly_one_event(mut f: Fixture) {
+    let t = f.t0;
+    let u = "ev-user";
+    let mut short = session("ev-exp", u, t);
+    short.expire_at = t + 2_000;
+    for s in [
+        session("ev-end", u, t),
+        session("ev-rm", u, t + 1),
+        session("ev-rev", u, t + 2),
+        session("ev-idle", u, t + 3),
+        short,
+        session("ev-ru1", "ev-other", t),
+        session("ev-ru2", "ev-other", t + 1),
+    ] {
+        create(&f, &s, 10).await;
+    }
+    assert!(
+        f.drain(Duration::from_millis(150)).await.is_empty(),
+        "creating sessions changes no status"
+    );
+    let at = t + 1_000;
+    f.store()
+        .set_status("ev-end", Status::Ended, at, RULES)
+        .await
+        .unwrap();
+    f.store()
+        .set_status("ev-end", Status::Ended, at, RULES)
+        .await
+        .unwrap();
+    f.store()
+        .set_status("ev-rm", Status::Removed, at, RULES)
+        .await
+        .unwrap();
+    f.store()
+        .set_status("ev-rm", Status::Removed, at, RULES)
+        .await
+        .unwrap();
+    f.store()
+        .set_status("ev-rev", Status::Revoked, at, RULES)
+        .await
+        .unwrap();
+    // Expiry and idleness detected by check publish once, however often checked.
+    for _ in 0..3 {
+        f.store().check("ev-exp", t + 2_000, RULES).await.unwrap();
+    }
+    for _ in 0..3 {
+        f.store()
+            .check("ev-idle", t + 3 + IDLE_MS, RULES)
+            .await
+            .unwrap();
+    }
+    f.store()
+        .get("ev-idle", t + 4 + IDLE_MS, RULES)
+        .await
+        .unwrap();
+    f.store().list(u, t + 5 + IDLE_MS, RULES).await.unwrap();
+    f.store()
+        .revoke_user("ev-other", t + 7_000, RULES)
+        .await
+        .unwrap();
+    f.store()
+        .revoke_user("ev-other", t + 7_001, RULES)
+        .await
+        .unwrap();
+    let got = f.drain(Duration::from_millis(300)).await;
+    // The user's revocation walks the index newest first in Redis and
+    // oldest first in memory: compare those two as a set.
+    let (head, tail) = got.split_at(got.len().saturating_sub(2));
+    assert_eq!(
+        head,
+        [
+            ev("ev-end", u, Status::Ended, at),
+            ev("ev-rm", u, Status::Removed, at),
+            ev("ev-rev", u, Status::Revoked, at),
+            ev("ev-exp", u, Status::Expired, t + 2_000),
+            ev("ev-idle", u, Status::Abandoned, t + 3 + IDLE_MS),
+        ]
+    );
+    let mut tail = tail.to_vec();
+    tail.sort_by(|a, b| a.sid.cmp(&b.sid));
+    assert_eq!(
+        tail,
+        [
+            ev("ev-ru1", "ev-other", Status::Revoked, t + 7_000),
+            ev("ev-ru2", "ev-other", Status::Revoked, t + 7_000),
+        ]
+    );
+    assert_eq!(head[0].at, rfc3339(at), "`at` is the change's time");
+}
+
+/// 10,000 logins and logouts of one user leave a bounded index and, in
+/// Redis, a bounded key space where every key expires by itself.
+async fn dead_sessions_are_bounded_and_expire(f: Fixture) {
+    use sessiongate::store::memory::MAX_DEAD_PER_USER as MEM_MAX_DEAD;
+    use sessiongate::store::redis::MAX_DEAD_PER_USER as REDIS_MAX_DEAD;
+    let max_dead = if f.redis.is_some() {
+        REDIS_MAX_DEAD
+    } else {
+        MEM_MAX_DEAD
+    };
+    let t = f.t0;
+    let n: u64 = 10_000;
+    for i in 0..n {
+        let sid = format!("hyg-{i}");
+        create(&f, &session(&sid, "hyg", t + i), 5).await;
+        f.store()
+            .set_status(&sid, Status::Ended, t + i, RULES)
+            .await
+            .unwrap();
+    }
+    let list = f.store().list("hyg", t + n, RULES).await.unwrap();
+    // The cap is applied at each login, so the last logout may add one more.
+    assert!(
+        list.len() <= max_dead + 1,
+        "{} dead sessions listed",
+        list.len()
+    );
+    assert_eq!(list[0].id, format!("hyg-{}", n - 1), "the newest are kept");
+    let Some(redis) = &f.redis else { return };
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let size: usize = ::redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    // Sessions, the user's index, nothing else.
+    assert!(size <= max_dead + 2, "{size} keys after {n} logins");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for k in keys {
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "key {k} has no expiry ({ttl})");
+    }
+}
+
+async fn concurrent_creates_keep_exactly_max_per_user(f: Fixture) {
+    let t = f.t0;
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let store = f.store.clone();
+            tokio::spawn(async move {
+                store
+                    .create(&session(&format!("cc-{i}"), "crowd", t + i), 5, RULES)
+                    .await
+                    .unwrap()
+                    .replaced
+            })
+        })
+        .collect();
+    let mut replaced = Vec::new();
+    for task in tasks {
+        replaced.extend(task.await.unwrap());
+    }
+    let distinct: HashSet<&String> = replaced.iter().collect();
+    assert_eq!(replaced.len(), 195, "each replaced once");
+    assert_eq!(distinct.len(), 195);
+    let list = f.store().list("crowd", t + 300, RULES).await.unwrap();
+    let active: Vec<&Session> = list.iter().filter(|s| s.status.is_active()).collect();
+    assert_eq!(active.len(), 5);
+    assert!(active.iter().all(|s| !distinct.contains(&s.id)));
+}
+
+// ------------------------------------------------------ both stores, same tests
+
+macro_rules! contract {
+    ($($rule:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    super::$rule(super::memory_fixture().await).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    super::$rule(super::redis_fixture().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    create_then_get_round_trips,
+    check_applies_expiry_and_idle,
+    check_throttles_last_active_at,
+    no_status_returns_to_active,
+    removed_leaves_the_list_and_ended_stays,
+    list_is_newest_first_and_per_user,
+    max_per_user_replaces_the_oldest_active,
+    revoke_user_counts_active_sessions_only,
+    refresh_pushes_expiry_capped_at_max_expire_at,
+    hit_rate_is_a_fixed_window,
+    every_status_change_emits_exactly_one_event,
+    dead_sessions_are_bounded_and_expire,
+    concurrent_creates_keep_exactly_max_per_user,
+);
