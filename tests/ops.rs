@@ -34,6 +34,20 @@ async fn env() -> Env {
     }
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the standard `chat` gateway from an allowed Origin.
+async fn open_chat(gate: &Gate, ticket: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut r = format!("ws://{}/gateway/chat?ticket={ticket}", gate.addr)
+        .into_client_request()
+        .unwrap();
+    r.headers_mut()
+        .insert("origin", "https://app.example.com".parse().unwrap());
+    tokio_tungstenite::connect_async(r).await.unwrap().0
+}
+
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
@@ -55,18 +69,7 @@ async fn health_readiness_and_metrics_move_with_traffic() {
         );
     }
     assert_eq!(gate.get("/controller/shop/x", None).await.status, 401);
-    let mut ws = tokio_tungstenite::connect_async({
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut r = format!("ws://{}/gateway/chat?ticket={ticket}", gate.addr)
-            .into_client_request()
-            .unwrap();
-        r.headers_mut()
-            .insert("origin", "https://app.example.com".parse().unwrap());
-        r
-    })
-    .await
-    .unwrap()
-    .0;
+    let mut ws = open_chat(&gate, &ticket).await;
     ws.send(Message::Text("m".into())).await.unwrap();
     ws.next().await.unwrap().unwrap();
 
@@ -243,18 +246,7 @@ async fn sighup_and_file_changes_reload_routes_without_dropping_connections() {
         .await
         .unwrap();
     assert_eq!(read_response(&mut keep).await.unwrap().status, 200);
-    let mut ws = tokio_tungstenite::connect_async({
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut r = format!("ws://{}/gateway/chat?ticket={ticket}", gate.addr)
-            .into_client_request()
-            .unwrap();
-        r.headers_mut()
-            .insert("origin", "https://app.example.com".parse().unwrap());
-        r
-    })
-    .await
-    .unwrap()
-    .0;
+    let mut ws = open_chat(&gate, &ticket).await;
 
     // Traffic during reloads must see zero failures.
     let stop = Arc::new(AtomicBool::new(false));
