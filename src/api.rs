@@ -291,7 +291,9 @@ pub fn set_cookie(s: &Settings, value: &str, max_age_secs: u64) -> String {
 
 async fn info(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
     let claims = caller(gate, s, req).await?;
-    let session = load(gate, s, &claims.sid).await?;
+    // The admission may have come from the liveness cache; the record read
+    // here is authoritative.
+    let session = still_active(Some(load(gate, s, &claims.sid).await?))?;
     Ok(Response::json(
         200,
         &json!({

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::config::{DelegateConfig, UserEntry};
 use crate::gate::Settings;
 use crate::reject::Reject;
+use crate::session::validate_vars;
 
 /// Who the credential check says the user is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -112,7 +113,7 @@ async fn delegate(
     match status {
         200 => serde_json::from_slice::<Identity>(&resp)
             .ok()
-            .filter(|i| !i.id.is_empty())
+            .filter(well_formed)
             .ok_or_else(|| {
                 tracing::warn!(url = %d.url, "login delegate answered 200 with a malformed body");
                 Reject::UpstreamUnavailable
@@ -123,6 +124,22 @@ async fn delegate(
             Err(Reject::UpstreamUnavailable)
         }
     }
+}
+
+/// Whether a delegate's identity obeys the rules a users file entry is held
+/// to at load time: everything in it becomes an upstream header, so a role
+/// with a comma would forge a second role and a control character would
+/// silently drop the header. Anything else is a malformed answer.
+fn well_formed(i: &Identity) -> bool {
+    let text_ok = |s: &str| !s.chars().any(char::is_control);
+    !i.id.is_empty()
+        && text_ok(&i.id)
+        && text_ok(&i.name)
+        && i.roles
+            .iter()
+            .all(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_graphic() && c != ','))
+        && validate_vars(&i.vars).is_ok()
+        && i.vars.values().all(|v| text_ok(v))
 }
 
 const MAX_DELEGATE_RESPONSE: usize = 64 * 1024;
@@ -149,34 +166,58 @@ async fn post_json(url: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     let mut chunk = [0u8; 4096];
     loop {
         let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_DELEGATE_RESPONSE {
             return Err(bad("delegate response too large"));
         }
+        // A delegate may keep the connection open despite `Connection:
+        // close`: stop as soon as the framing says the answer is whole,
+        // rather than wait for an EOF that only the timeout would end.
+        if let Some(answer) = parse_response(&buf, n == 0)? {
+            return Ok(answer);
+        }
+        if n == 0 {
+            return Err(bad("delegate closed the connection mid-answer"));
+        }
     }
+}
+
+/// `(status, body)` once `buf` holds a whole response, `None` while more is
+/// needed. The body is framed by chunking or `Content-Length`; without
+/// either it ends at EOF (`eof`: nothing more will come).
+fn parse_response(buf: &[u8], eof: bool) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
-    let off = match resp.parse(&buf) {
+    let off = match resp.parse(buf) {
         Ok(httparse::Status::Complete(off)) => off,
+        Ok(httparse::Status::Partial) if !eof => return Ok(None),
         _ => return Err(bad("malformed delegate response")),
     };
     let status = resp.code.ok_or_else(|| bad("no status"))?;
-    let chunked = resp.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            && String::from_utf8_lossy(h.value)
-                .to_ascii_lowercase()
-                .contains("chunked")
-    });
-    let raw = &buf[off..];
-    let body = if chunked {
-        dechunk(raw).ok_or_else(|| bad("bad chunked body"))?
-    } else {
-        raw.to_vec()
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
     };
-    Ok((status, body))
+    let raw = &buf[off..];
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return match dechunk(raw) {
+            Some(body) => Ok(Some((status, body))),
+            None if !eof => Ok(None),
+            None => Err(bad("bad chunked body")),
+        };
+    }
+    if let Some(len) = header("content-length") {
+        let len: usize = len.trim().parse().map_err(|_| bad("bad content-length"))?;
+        return match raw.get(..len) {
+            Some(body) => Ok(Some((status, body.to_vec()))),
+            None if !eof => Ok(None),
+            None => Err(bad("delegate response cut short")),
+        };
+    }
+    Ok(eof.then(|| (status, raw.to_vec())))
 }
 
 fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
@@ -209,6 +250,33 @@ mod tests {
     #[test]
     fn dummy_hash_parses() {
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn response_is_whole_by_its_framing_not_by_eof() {
+        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(
+            parse_response(full, false).unwrap(),
+            Some((200, b"{}".to_vec()))
+        );
+        assert_eq!(
+            parse_response(&full[..full.len() - 1], false).unwrap(),
+            None
+        );
+        assert!(parse_response(&full[..full.len() - 1], true).is_err());
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_response(chunked, false).unwrap(),
+            Some((200, b"{}".to_vec()))
+        );
+        let unframed = b"HTTP/1.1 200 OK\r\n\r\n{}";
+        assert_eq!(parse_response(unframed, false).unwrap(), None);
+        assert_eq!(
+            parse_response(unframed, true).unwrap(),
+            Some((200, b"{}".to_vec()))
+        );
+        assert_eq!(parse_response(b"HTTP/1.1 2", false).unwrap(), None);
+        assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
     }
 
     #[test]

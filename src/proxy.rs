@@ -112,7 +112,12 @@ impl Proxy {
         r: Reject,
     ) -> pingora::Result<bool> {
         ctx.responded = Some(r.status());
-        let resp = Response::reject(&r);
+        let mut resp = Response::reject(&r);
+        // The gate's own refusals are never cacheable (and `/_session` answers must say so).
+        resp.headers.push((
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        ));
         ctx.reject = Some(r);
         respond(session, resp).await?;
         Ok(true)
@@ -228,9 +233,11 @@ impl ProxyHttp for Proxy {
         if header_bytes(session) > MAX_HEADERS {
             return self.refuse(session, ctx, Reject::HeadersTooLarge).await;
         }
-        let req = session.req_header();
-        let path = match normalize_path(req.uri.path()) {
-            Ok(p) => p.into_owned(),
+        // A cheap clone (the URI's bytes are shared), so the normalized path
+        // can borrow it without holding the session.
+        let uri = session.req_header().uri.clone();
+        let path = match normalize_path(uri.path()) {
+            Ok(p) => p,
             Err(e) => {
                 return self
                     .refuse(session, ctx, Reject::BadRequest(format!("bad path: {e}")))
@@ -240,6 +247,7 @@ impl ProxyHttp for Proxy {
         if path == api::PREFIX || path.starts_with("/_session/") {
             return self.serve_api(session, ctx, &s, &path).await;
         }
+        let req = session.req_header();
         let host = req
             .headers
             .get(header::HOST)
@@ -264,8 +272,8 @@ impl ProxyHttp for Proxy {
                 return self.refuse(session, ctx, Reject::OriginNotAllowed).await;
             }
         }
-        if path != req.uri.path() {
-            ctx.path = Some(path);
+        if let std::borrow::Cow::Owned(p) = path {
+            ctx.path = Some(p);
         }
 
         if route.auth != AuthPolicy::Public {

@@ -243,6 +243,7 @@ async fn check_throttles_last_active_at(f: Fixture) {
         .unwrap()
         .unwrap();
     assert_eq!(s.last_active_at, t + 2 * TOUCH_MS, "the write is stored");
+    assert_eq!(s.updated_at, t + 2 * TOUCH_MS, "and is an update");
     // touch is not throttled.
     let s = f
         .store()
@@ -651,6 +652,52 @@ async fn every_status_change_emits_exactly_one_event(mut f: Fixture) {
     assert_eq!(head[0].at, rfc3339(at), "`at` is the change's time");
 }
 
+/// A session's record is kept `retain_ms` past its `max_expire_at`, so its
+/// ticket keeps answering with its status, and then forgotten, removed
+/// sessions included. (The memory store forgets lazily, on the user's next
+/// list or login; Redis keys expire by themselves.)
+async fn sessions_are_forgotten_after_retention(f: Fixture) {
+    // Redis expires keys with its own clock, so real time is used here.
+    let rules = Rules {
+        retain_ms: 300,
+        ..RULES
+    };
+    let t = sessiongate::gate::now_ms();
+    for sid in ["ret-ended", "ret-removed", "ret-active"] {
+        let mut s = session(sid, "ret", t);
+        s.expire_at = t + 100;
+        s.max_expire_at = t + 100;
+        f.store().create(&s, 5, rules).await.unwrap();
+    }
+    f.store()
+        .set_status("ret-ended", Status::Ended, t, rules)
+        .await
+        .unwrap();
+    f.store()
+        .set_status("ret-removed", Status::Removed, t, rules)
+        .await
+        .unwrap();
+    for (sid, st) in [
+        ("ret-ended", Status::Ended),
+        ("ret-removed", Status::Removed),
+        ("ret-active", Status::Expired),
+    ] {
+        let s = f.store().get(sid, t + 150, rules).await.unwrap();
+        assert_eq!(s.map(|s| s.status), Some(st), "{sid} within retention");
+    }
+    // Sleeping is the point: the retention has to pass.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let now = sessiongate::gate::now_ms();
+    assert_eq!(f.store().list("ret", now, rules).await.unwrap(), []);
+    for sid in ["ret-ended", "ret-removed", "ret-active"] {
+        assert_eq!(
+            f.store().get(sid, now, rules).await.unwrap(),
+            None,
+            "{sid} after retention"
+        );
+    }
+}
+
 /// 10,000 logins and logouts of one user leave a bounded index and, in
 /// Redis, a bounded key space where every key expires by itself.
 async fn dead_sessions_are_bounded_and_expire(f: Fixture) {
@@ -765,6 +812,7 @@ contract!(
     refresh_pushes_expiry_capped_at_max_expire_at,
     hit_rate_is_a_fixed_window,
     every_status_change_emits_exactly_one_event,
+    sessions_are_forgotten_after_retention,
     dead_sessions_are_bounded_and_expire,
     concurrent_creates_keep_exactly_max_per_user,
 );

@@ -568,13 +568,19 @@ impl<'a> Ctx<'a> {
         }
         self.nonempty_opt("login.users_file", raw.users_file.as_deref());
         let delegate = raw.delegate.map(|d| {
-            let url_ok = d.url.parse::<http::Uri>().is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-            });
+            // The delegate is called over plain HTTP (it is expected beside the
+            // gate); https:// would fail every login, so it is refused here.
+            let url_ok = d
+                .url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
             if !url_ok {
                 self.err(
                     "login.delegate.url",
-                    format!("`{}` is not an absolute http:// or https:// URL", d.url),
+                    format!(
+                        "`{}` is not an absolute http:// URL (https delegates are not supported)",
+                        d.url
+                    ),
                 );
             }
             DelegateConfig {

@@ -448,7 +448,7 @@ fn login_needs_exactly_one_credential_check() {
     );
     let e = errs(&minimal_with("login:\n  delegate: {url: \"/verify\"}\n"));
     assert!(
-        only(&e).contains("not an absolute http:// or https:// URL"),
+        only(&e).contains("not an absolute http:// URL"),
         "{}",
         lines(&e)
     );

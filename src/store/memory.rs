@@ -20,7 +20,9 @@ pub const MAX_DEAD_PER_USER: usize = 50;
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Session>,
-    /// user id -> session ids, oldest first.
+    /// user id -> session ids, oldest first. Removed sessions stay here
+    /// (left out of lists) until their retention ends: with no key TTLs,
+    /// this index is how the store finds what to forget.
     by_user: HashMap<String, Vec<String>>,
     /// key -> (window start, hits)
     rates: HashMap<String, (u64, u32)>,
@@ -81,9 +83,15 @@ impl Inner {
                 false
             }
         });
+        // Removed sessions do not count against the cap, as in the Redis
+        // store (where they leave the index and expire by TTL).
         let dead: Vec<String> = ids
             .iter()
-            .filter(|id| sessions.get(*id).is_some_and(|s| !s.status.is_active()))
+            .filter(|id| {
+                sessions
+                    .get(*id)
+                    .is_some_and(|s| !s.status.is_active() && s.status != Status::Removed)
+            })
             .cloned()
             .collect();
         if dead.len() > MAX_DEAD_PER_USER {
@@ -227,14 +235,7 @@ impl SessionStore for MemoryStore {
             s.updated_at = now;
             self.publish(s, now);
         }
-        let out = s.clone();
-        if status == Status::Removed {
-            let user = out.user_id.clone();
-            if let Some(ids) = inner.by_user.get_mut(&user) {
-                ids.retain(|id| id != sid);
-            }
-        }
-        Ok(Some(out))
+        Ok(Some(s.clone()))
     }
 
     async fn list(

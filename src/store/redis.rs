@@ -64,7 +64,7 @@ const CHECK: &str = r#"
 local c = clock(KEYS[1], ARGV[6])
 if not c then return nil end
 if c[1] == 'active' and now - c[3] >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'lastActiveAt', now)
+  redis.call('HSET', KEYS[1], 'lastActiveAt', now, 'updatedAt', now)
   c[3] = now
 end
 return {c[1], c[2], c[3]}
@@ -97,6 +97,11 @@ if c[1] == 'active' or target == 'removed' then
 end
 if target == 'removed' then
   redis.call('ZREM', ARGV[7] .. 'u:' .. c[4], ARGV[6])
+  -- Out of the index, nothing caps removed sessions: keep the record only
+  -- while its newest ticket can still be presented (expireAt + a minute).
+  local at = c[2] + 60000
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 0 or now + left > at then redis.call('PEXPIREAT', KEYS[1], at) end
 end
 return redis.call('HGETALL', KEYS[1])
 "#;
