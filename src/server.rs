@@ -181,6 +181,7 @@ impl BackgroundService for Lifecycle {
             tokio::spawn(Arc::clone(&self.health).run(Arc::clone(&self.gate))),
             tokio::spawn(sweep_tunnels(Arc::clone(&self.gate))),
             tokio::spawn(watch_config(Arc::clone(&self.gate))),
+            tokio::spawn(sweep_store(Arc::clone(&self.gate))),
         ];
         let _ = shutdown.changed().await;
         tracing::info!("shutting down: closing WebSockets, draining requests");
@@ -258,6 +259,18 @@ async fn sweep_tunnels(gate: Arc<Gate>) {
                 Ok(None) => gate.tunnels.end_session(&sid, Status::Ended),
                 Err(e) => tracing::debug!(error = %e, "tunnel sweep: store unavailable"),
             }
+        }
+    }
+}
+
+const STORE_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+async fn sweep_store(gate: Arc<Gate>) {
+    loop {
+        tokio::time::sleep(STORE_SWEEP_EVERY).await;
+        let rules = gate.settings().rules;
+        if let Err(e) = gate.store.sweep(now_ms(), rules).await {
+            tracing::warn!(error = %e, "store sweep failed");
         }
     }
 }

@@ -777,6 +777,25 @@ async fn concurrent_creates_keep_exactly_max_per_user(f: Fixture) {
     assert!(active.iter().all(|s| !distinct.contains(&s.id)));
 }
 
+/// A user who never comes back is forgotten too: Redis by key TTLs, the
+/// memory store by its periodic sweep.
+async fn sweep_forgets_users_who_never_return(f: Fixture) {
+    let rules = Rules {
+        retain_ms: 300,
+        ..RULES
+    };
+    let t = sessiongate::gate::now_ms();
+    let mut s = session("gone-1", "gone", t);
+    s.expire_at = t + 100;
+    s.max_expire_at = t + 100;
+    f.store().create(&s, 5, rules).await.unwrap();
+    // Sleeping is the point: the retention has to pass.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let now = sessiongate::gate::now_ms();
+    f.store().sweep(now, rules).await.unwrap();
+    assert_eq!(f.store().get("gone-1", now, rules).await.unwrap(), None);
+}
+
 // ------------------------------------------------------ both stores, same tests
 
 macro_rules! contract {
@@ -815,4 +834,5 @@ contract!(
     sessions_are_forgotten_after_retention,
     dead_sessions_are_bounded_and_expire,
     concurrent_creates_keep_exactly_max_per_user,
+    sweep_forgets_users_who_never_return,
 );

@@ -303,6 +303,21 @@ impl SessionStore for MemoryStore {
         }
     }
 
+    async fn sweep(&self, now: u64, rules: Rules) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let users: Vec<String> = inner.by_user.keys().cloned().collect();
+        for user in users {
+            inner.prune_user(&user, now, rules);
+        }
+        if inner.rates.len() > 10_000 {
+            // Windows are at most an hour or a day long; older counters are spent.
+            inner
+                .rates
+                .retain(|_, (start, _)| now.saturating_sub(*start) < 24 * 3600 * 1000);
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.lock().map(|_| ())
     }

@@ -113,6 +113,12 @@ pub trait SessionStore: Send + Sync + 'static {
         now: u64,
     ) -> Result<RateDecision, StoreError>;
 
+    /// Frees what the backend does not expire by itself; called about once a
+    /// minute. Redis expires keys by TTL, so only the memory store works here.
+    async fn sweep(&self, _now: u64, _rules: Rules) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Round trip to the backend (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
