@@ -387,3 +387,31 @@ async fn grace_mode_admits_recently_seen_sessions_through_an_outage() {
     assert_eq!(r.status, 503);
     assert_eq!(r.error(), "store_unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_harm_nothing() {
+    let (_r, _h, _w, gate) = setup().await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let huge = format!(
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1_100_000)
+    );
+    for raw in [
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nBadHeaderNoColon\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+        "BLAH\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: X-Forwarded-For\r\n\r\n",
+        huge.as_str(),
+    ] {
+        let r = http(gate.addr, raw)
+            .await
+            .expect("an answer, not a dropped connection");
+        assert_eq!(r.status, 400, "{raw:.60}");
+    }
+    // Everyone else is unaffected.
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&ticket)).await.status,
+        200
+    );
+}
