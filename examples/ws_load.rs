@@ -122,7 +122,9 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut failures: Vec<String> = Vec::new();
     let mut rtts: Vec<u32> = Vec::with_capacity(args.connections * args.round_trips);
     let mut failed_trips = 0usize;
-    while let Some(r) = reports.recv().await {
+    // Counted, not drained to the end: every task keeps its sender while it holds its connection.
+    for _ in 0..args.connections {
+        let Some(r) = reports.recv().await else { break };
         match r {
             Report::Opened {
                 rtts_us,

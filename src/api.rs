@@ -154,7 +154,7 @@ async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
 /// The caller's verified claims; their session must be active.
 async fn caller(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Claims, Reject> {
     let ticket = find_ticket(s, req.headers, None, false).map(|(t, _)| t);
-    gate.admit(s, ticket, now_ms()).await
+    Ok(gate.admit(s, ticket, now_ms()).await?.claims.clone())
 }
 
 fn user_json(id: &str, name: &str, roles: &[String]) -> serde_json::Value {

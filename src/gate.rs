@@ -97,6 +97,42 @@ impl IdentityHeaders {
     }
 }
 
+/// A ticket verified once, with the identity headers it yields. Shared by
+/// every request presenting the same ticket.
+pub struct Admitted {
+    pub claims: Claims,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Verified tickets by their exact text: a repeat of a ticket skips the HMAC,
+/// the JSON decoding and the header building. Only the expiry is re-checked;
+/// the session's liveness is checked on every request regardless. Lives in
+/// [`Settings`], so a reload (new keys) starts it empty.
+#[derive(Default)]
+pub struct TicketCache {
+    map: Mutex<HashMap<Box<str>, Arc<Admitted>>>,
+}
+
+const TICKET_CACHE_MAX: usize = 50_000;
+
+impl TicketCache {
+    fn get(&self, ticket: &str, now_secs: u64, leeway_secs: u64) -> Option<Arc<Admitted>> {
+        let map = self.map.lock().ok()?;
+        map.get(ticket)
+            .filter(|a| a.claims.exp.saturating_add(leeway_secs) > now_secs)
+            .cloned()
+    }
+
+    fn put(&self, ticket: &str, admitted: Arc<Admitted>) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= TICKET_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(ticket.into(), admitted);
+        }
+    }
+}
+
 /// Everything derived from one config file.
 pub struct Settings {
     pub config: Config,
@@ -108,6 +144,7 @@ pub struct Settings {
     pub users: HashMap<String, UserEntry>,
     /// The ticket cookie's name (`__Host-<name>` when secure).
     pub cookie_name: String,
+    pub tickets: TicketCache,
 }
 
 impl Settings {
@@ -141,6 +178,7 @@ impl Settings {
             identity,
             users: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
             cookie_name,
+            tickets: TicketCache::default(),
             config,
         })
     }
@@ -382,39 +420,48 @@ impl Gate {
         s: &Settings,
         ticket: Option<&str>,
         now: u64,
-    ) -> Result<Claims, Reject> {
+    ) -> Result<Arc<Admitted>, Reject> {
         let ticket = ticket.ok_or(Reject::MissingTicket)?;
-        let claims = s.keys.verify(ticket, now / 1000).map_err(|e| {
-            tracing::debug!(reason = %e, "ticket rejected");
-            Reject::InvalidTicket
-        })?;
-        if self.cache.fresh(&claims.sid, now, s.rules) {
-            return Ok(claims);
+        let now_secs = now / 1000;
+        let admitted = match s.tickets.get(ticket, now_secs, s.keys.leeway_secs()) {
+            Some(a) => a,
+            None => {
+                let claims = s.keys.verify(ticket, now_secs).map_err(|e| {
+                    tracing::debug!(reason = %e, "ticket rejected");
+                    Reject::InvalidTicket
+                })?;
+                let headers = s.identity.for_claims(&claims);
+                let a = Arc::new(Admitted { claims, headers });
+                s.tickets.put(ticket, Arc::clone(&a));
+                a
+            }
+        };
+        let sid = admitted.claims.sid.as_str();
+        if self.cache.fresh(sid, now, s.rules) {
+            return Ok(admitted);
         }
-        let live = match self.check(&claims.sid, now, s.rules).await {
+        let live = match self.check(sid, now, s.rules).await {
             Ok(live) => live,
             // `on_unavailable: grace`: a session this node saw active within
             // `grace` keeps working through a store outage.
             Err(_)
                 if s.config.store.on_unavailable == OnUnavailable::Grace
-                    && self.cache.seen_active_within(
-                        &claims.sid,
-                        now,
-                        ms(s.config.store.grace),
-                    ) =>
+                    && self
+                        .cache
+                        .seen_active_within(sid, now, ms(s.config.store.grace)) =>
             {
-                tracing::debug!(sid = %claims.sid, "store unavailable; admitted under grace");
-                return Ok(claims);
+                tracing::debug!(sid, "store unavailable; admitted under grace");
+                return Ok(admitted);
             }
             Err(r) => return Err(r),
         };
         match live {
             Some(l) if l.status.is_active() => {
-                self.cache.put(&claims.sid, l, now);
-                Ok(claims)
+                self.cache.put(sid, l, now);
+                Ok(admitted)
             }
             Some(l) => {
-                self.cache.forget(&claims.sid);
+                self.cache.forget(sid);
                 Err(Reject::Session(l.status))
             }
             None => Err(Reject::InvalidTicket),

@@ -2,13 +2,16 @@
 //! the admin listener's `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub auth: IntCounterVec,
+    /// `auth{reason="admitted"}`, resolved once: it is bumped on every admitted request.
+    pub admitted: IntCounter,
     pub store_latency: HistogramVec,
     pub websockets: IntGaugeVec,
     pub upstream_errors: IntCounterVec,
@@ -72,9 +75,11 @@ impl Metrics {
         registry
             .register(Box::new(websockets.clone()))
             .expect(STATIC_METRIC);
+        let admitted = auth.with_label_values(&["admitted"]);
         Metrics {
             registry,
             requests,
+            admitted,
             auth,
             store_latency,
             websockets,

@@ -23,13 +23,12 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind};
 use crate::gate::{
-    Gate, InFlight, Settings, TicketFrom, cookie, cookies_without, find_ticket, now_ms,
+    Admitted, Gate, InFlight, Settings, TicketFrom, cookie, cookies_without, find_ticket, now_ms,
     query_without_ticket,
 };
 use crate::health::Health;
 use crate::reject::Reject;
 use crate::route::{Route, normalize_path};
-use crate::ticket::Claims;
 use crate::tunnel::TunnelConnector;
 
 pub const MAX_URI: usize = 8 * 1024;
@@ -61,7 +60,7 @@ pub struct Ctx {
     started: Instant,
     settings: Option<Arc<Settings>>,
     route: Option<usize>,
-    claims: Option<Claims>,
+    claims: Option<Arc<Admitted>>,
     /// The normalized path, when it differs from the request's.
     path: Option<String>,
     ticket_from: Option<TicketFrom>,
@@ -281,8 +280,10 @@ impl ProxyHttp for Proxy {
             ctx.ticket_from = found.map(|(_, from)| from);
             let verdict = self.gate.admit(&s, found.map(|(t, _)| t), now_ms()).await;
             match (verdict, route.auth) {
-                (Ok(claims), _) => {
-                    if route.auth == AuthPolicy::Required && !route.role_allowed(&claims.roles) {
+                (Ok(admitted), _) => {
+                    if route.auth == AuthPolicy::Required
+                        && !route.role_allowed(&admitted.claims.roles)
+                    {
                         self.gate
                             .metrics
                             .auth
@@ -290,12 +291,8 @@ impl ProxyHttp for Proxy {
                             .inc();
                         return self.refuse(session, ctx, Reject::Forbidden).await;
                     }
-                    self.gate
-                        .metrics
-                        .auth
-                        .with_label_values(&["admitted"])
-                        .inc();
-                    ctx.claims = Some(claims);
+                    self.gate.metrics.admitted.inc();
+                    ctx.claims = Some(admitted);
                 }
                 (Err(r), AuthPolicy::Required) => {
                     self.gate.metrics.auth.with_label_values(&[r.code()]).inc();
@@ -343,7 +340,7 @@ impl ProxyHttp for Proxy {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(route.connect_timeout);
         if ctx.websocket {
-            let sid = ctx.claims.as_ref().map_or("", |c| c.sid.as_str());
+            let sid = ctx.claims.as_ref().map_or("", |a| a.claims.sid.as_str());
             let ctl = self.gate.tunnels.register(sid, &route.name, now_ms());
             let gauge = self
                 .gate
@@ -439,9 +436,9 @@ impl ProxyHttp for Proxy {
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewriting uri", e))?;
             up.set_uri(uri);
         }
-        if let Some(c) = &ctx.claims {
-            for (k, v) in s.identity.for_claims(c) {
-                up.insert_header(k, v)?;
+        if let Some(a) = &ctx.claims {
+            for (k, v) in &a.headers {
+                up.insert_header(k.clone(), v.clone())?;
             }
         }
         if let Some(ip) = client_ip(session) {
@@ -543,9 +540,9 @@ impl ProxyHttp for Proxy {
         self.gate
             .metrics
             .requests
-            .with_label_values(&[route_label, &status.to_string()])
+            .with_label_values(&[route_label, &status_label(status)])
             .inc();
-        let sid = ctx.claims.as_ref().map_or("-", |c| c.sid.as_str());
+        let sid = ctx.claims.as_ref().map_or("-", |a| a.claims.sid.as_str());
         tracing::info!(
             target: "access",
             route = route_label,
@@ -558,4 +555,32 @@ impl ProxyHttp for Proxy {
             latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// The status as a metric label, without allocating for the common ones.
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    let s = match status {
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        414 => "414",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return std::borrow::Cow::Owned(other.to_string()),
+    };
+    std::borrow::Cow::Borrowed(s)
 }

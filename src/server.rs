@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
+use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -99,7 +101,12 @@ pub fn run(
         "sessiongate",
     );
     for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+        // No L4 read buffer in front of client sockets: Pingora reads headers and
+        // bodies into its own buffers anyway, and the default 64 KiB buffer is
+        // zero-filled per connection, which an idle WebSocket pays for in RSS.
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
     }
     server.add_service(proxy);
 

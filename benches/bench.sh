@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# make bench: the release gate against its own upstream, on loopback, in one run.
+#
+#   benches/bench.sh [--duration 10s] [--warmup 2s] [--connections 64] [--threads 2] [--ws N]
+#
+# Starts a private redis-server, `sessiongate echo` (the upstream) and the release gate, each
+# on a free 127.0.0.1 port, with deploy/loadtest/sessiongate.yaml (threads: 1, touch_interval
+# 30s, a public route and a ticket-checked route to the same upstream). Logs in a few users,
+# then runs wrk against, in turn: the upstream directly, the gate's public route, the gate's
+# ticket route; prints requests/s, p50/p99 latency, the gate's peak RSS and the ratios.
+#
+# --ws N then restarts the gate and holds N idle authenticated WebSockets through it (two
+# ws_load client processes), and reports the gate's RSS per connection. The gate holds two
+# sockets per WebSocket, so N is bounded by its open-files limit (just under 10,000 at 20,000).
+#
+# Needs: target/release/sessiongate (cargo build --release --locked), wrk, redis-server,
+# curl, python3; with --ws also target/release/examples/ws_load
+# (cargo build --release --locked --example ws_load).
+# SESSIONGATE_BIN and WS_LOAD override the binaries. Every process started here is stopped on
+# exit, by PID.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+duration=10s
+warmup=2s
+connections=64
+threads=2
+ws=0
+users=4
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --duration) duration=$2 ;;
+    --warmup) warmup=$2 ;;
+    --connections) connections=$2 ;;
+    --threads) threads=$2 ;;
+    --ws) ws=$2 ;;
+    -h | --help)
+        sed -n '2,20p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "bench: unknown argument $1 (see --help)" >&2
+        exit 64
+        ;;
+    esac
+    shift 2
+done
+
+bin=${SESSIONGATE_BIN:-target/release/sessiongate}
+ws_load=${WS_LOAD:-target/release/examples/ws_load}
+die() {
+    echo "bench: $*" >&2
+    exit 1
+}
+[[ -x $bin ]] || die "$bin not found: cargo build --release --locked"
+for tool in wrk redis-server redis-cli curl python3; do
+    command -v "$tool" >/dev/null || die "$tool is required (apt-get install wrk redis-server curl python3)"
+done
+if ((ws > 0)); then
+    [[ -x $ws_load ]] || die "$ws_load not found: cargo build --release --locked --example ws_load"
+fi
+
+# Sockets for the WebSocket check: the soft limit up to the hard one, where allowed. The gate
+# holds two per WebSocket (client and upstream side) plus a few dozen of its own; refuse a count
+# that cannot fit before anything starts.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if ((ws > 0 && 2 * ws + 64 > $(ulimit -n))); then
+    die "--ws $ws needs about $((2 * ws + 64)) open files in the gate, above ulimit -n $(ulimit -n); the most that fits is about $((($(ulimit -n) - 64) / 2)) (try --ws 9000)"
+fi
+
+work=$(mktemp -d -t sessiongate-bench.XXXXXX)
+pids=()
+gate_pid=
+cleanup() {
+    local rc=$? pid
+    [[ -n $gate_pid ]] && pids+=("$gate_pid")
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if ((rc == 0)); then
+        rm -rf "$work"
+    else
+        echo "bench: failed; logs kept in $work" >&2
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Five distinct free loopback ports, all bound at once so none is handed out twice.
+read -r p_redis p_http p_ws p_gate p_admin < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+')
+
+# Polls a condition every 0.1 s, up to 20 s: readiness, never a fixed sleep.
+wait_for() {
+    local what=$1
+    shift
+    for _ in $(seq 200); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "$what did not come up (logs in $work)"
+}
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+redis-server --port "$p_redis" --bind 127.0.0.1 --save "" --appendonly no \
+    --protected-mode no >"$work/redis.log" 2>&1 &
+pids+=("$!")
+wait_for redis-server redis-cli -p "$p_redis" ping
+
+"$bin" echo --http "127.0.0.1:$p_http" --ws "127.0.0.1:$p_ws" >"$work/echo.log" 2>&1 &
+pids+=("$!")
+wait_for "echo upstream" tcp_open "$p_http"
+
+SESSIONGATE_BIN=$bin deploy/loadtest/gen_users.sh "$users" "$work/users.yaml" 2>/dev/null
+export SESSIONGATE_KEY LT_LISTEN="127.0.0.1:$p_gate" LT_ADMIN="127.0.0.1:$p_admin" \
+    LT_REDIS_URL="redis://127.0.0.1:$p_redis/0" LT_ECHO_HTTP="127.0.0.1:$p_http" \
+    LT_ECHO_WS="127.0.0.1:$p_ws" LT_USERS_FILE="$work/users.yaml"
+SESSIONGATE_KEY=$("$bin" keygen)
+
+start_gate() {
+    "$bin" run -c deploy/loadtest/sessiongate.yaml >>"$work/gate.log" 2>&1 &
+    gate_pid=$!
+    wait_for gate curl -sf "http://127.0.0.1:$p_admin/readyz"
+}
+stop_gate() {
+    kill -TERM "$gate_pid" 2>/dev/null || true
+    wait "$gate_pid" 2>/dev/null || true
+    gate_pid=
+}
+start_gate
+
+GATE_URL="http://127.0.0.1:$p_gate" deploy/loadtest/login_users.sh "$users" "$work/tickets.txt" >"$work/login.txt"
+ticket=$(head -n1 "$work/tickets.txt")
+auth="Authorization: Bearer $ticket"
+
+direct_url="http://127.0.0.1:$p_http/hello"
+public_url="http://127.0.0.1:$p_gate/public/hello"
+ticket_url="http://127.0.0.1:$p_gate/controller/echo/hello"
+
+# Each route must answer 200 before it is timed: a fast stream of 401s would look like a win.
+for url in "$direct_url" "$public_url" "$ticket_url"; do
+    code=$(curl -s -o "$work/probe.json" -w '%{http_code}' -H "$auth" "$url")
+    [[ $code == 200 ]] || die "$url answered $code: $(head -c 300 "$work/probe.json")"
+done
+grep -qi '"x-session-id"' "$work/probe.json" || die "the ticket route did not inject X-Session-Id"
+
+redis_commands() { redis-cli -p "$p_redis" info stats | awk -F: '/^total_commands_processed:/ { print $2 + 0 }'; }
+kib() { awk "/^$2:/ { print \$2 }" "/proc/$1/status"; }
+
+declare -A rps p50 p99 rss cmds
+# One measured wrk run, after a warm-up that fills the gate's upstream pool and session cache.
+# The same Authorization header goes to all three targets so wrk's work is identical.
+measure() {
+    local name=$1 url=$2 line kv c0 c1
+    wrk -t"$threads" -c"$connections" -d"$warmup" -H "$auth" "$url" >/dev/null
+    if [[ $name != direct ]]; then
+        # Resets VmHWM to the current RSS, so the peak is this run's own (Linux >= 4.0).
+        echo 5 >"/proc/$gate_pid/clear_refs" 2>/dev/null || true
+    fi
+    c0=$(redis_commands)
+    wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "$auth" \
+        -s benches/summary.lua "$url" >"$work/wrk-$name.txt"
+    c1=$(redis_commands)
+    line=$(grep '^SUMMARY ' "$work/wrk-$name.txt") || die "wrk printed no summary for $name"
+    declare -A s=()
+    for kv in ${line#SUMMARY }; do
+        s[${kv%%=*}]=${kv#*=}
+    done
+    local errors=$((s[err_connect] + s[err_read] + s[err_write] + s[err_timeout] + s[err_status]))
+    ((errors == 0)) || die "$name: $errors failed requests (see $work/wrk-$name.txt)"
+    rps[$name]=${s[rps]}
+    p50[$name]=${s[p50_us]}
+    p99[$name]=${s[p99_us]}
+    # The INFO call itself counts one command.
+    cmds[$name]=$(awk -v d="$((c1 - c0 - 1))" -v n="${s[requests]}" 'BEGIN { printf "%.4f", d / n }')
+    if [[ $name == direct ]]; then
+        rss[$name]=-
+    else
+        rss[$name]=$(awk -v k="$(kib "$gate_pid" VmHWM)" 'BEGIN { printf "%.1f MiB", k / 1024 }')
+    fi
+}
+
+measure direct "$direct_url"
+measure public "$public_url"
+measure ticket "$ticket_url"
+
+ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v < t); print (ok ? "met" : "MISSED") }'; }
+
+ticket_public=$(ratio "${rps[ticket]}" "${rps[public]}")
+public_direct=$(ratio "${rps[public]}" "${rps[direct]}")
+added_p99=$(awk -v a="${p99[ticket]}" -v b="${p99[direct]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+
+echo
+echo "sessiongate bench  $(date -u +%Y-%m-%dT%H:%MZ)  $(git rev-parse --short HEAD 2>/dev/null || echo '?')  $(nproc) cores"
+echo "wrk $threads threads, $connections connections, $duration per target after a $warmup warm-up; loopback"
+echo "gate: release build, threads: 1, touch_interval 30s; session cache ON (1 s per-node TTL, pub/sub invalidation)"
+echo
+printf '%-22s %12s %11s %11s %16s %12s\n' target requests/s p50 p99 "gate peak RSS" "redis cmd/req"
+for name in direct public ticket; do
+    case $name in
+    direct) label="direct to upstream" ;;
+    public) label="gate, public route" ;;
+    ticket) label="gate, ticket route" ;;
+    esac
+    printf '%-22s %12s %11s %11s %16s %12s\n' "$label" "${rps[$name]}" "$(ms "${p50[$name]}")" \
+        "$(ms "${p99[$name]}")" "${rss[$name]}" "${cmds[$name]}"
+done
+echo
+printf '%-36s %s\n' "ticket / public throughput" "$ticket_public   (target >= 0.85: $(verdict "$ticket_public" 0.85 '>='))"
+printf '%-36s %s\n' "public / direct throughput" "$public_direct"
+printf '%-36s %s\n' "p99 added latency (ticket - direct)" "$added_p99 ms   (target < 1 ms: $(verdict "$added_p99" 1 '<'))"
+
+if ((ws > 0)); then
+    # A fresh gate, so the figure is the WebSockets' own and not the HTTP runs' leftovers.
+    stop_gate
+    start_gate
+    echo
+    echo "WebSocket memory check: $ws idle authenticated connections, 2 client processes"
+    GATE_PID=$gate_pid WS_URL="ws://127.0.0.1:$p_gate/gateway/chat" ROUND_TRIPS=1 PROCESSES=2 \
+        IDLE=5 WS_LOAD=$ws_load deploy/loadtest/run_ws.sh "$ws" "$work/tickets.txt" >"$work/ws.txt" 2>&1 ||
+        {
+            cat "$work/ws.txt"
+            die "WebSocket check failed"
+        }
+    line=$(grep '^WSRESULT ' "$work/ws.txt") || die "run_ws.sh printed no result"
+    # run_ws.sh's own table (round trips, RTT, RSS samples), then the figures against the target.
+    sed -n '/^websocket load summary/,$p' "$work/ws.txt" | grep -v '^WSRESULT '
+    echo
+    declare -A w=()
+    for kv in ${line#WSRESULT }; do
+        w[${kv%%=*}]=${kv#*=}
+    done
+    per=$(awk -v a="${w[rss_idle_kib]}" -v b="${w[rss_before_kib]}" -v n="${w[opened]}" 'BEGIN { printf "%.1f", (a - b) / n }')
+    at10k=$(awk -v b="${w[rss_before_kib]}" -v p="$per" 'BEGIN { printf "%.1f", (b + 10000 * p) / 1024 }')
+    printf '%-36s %s\n' "connections open / failed" "${w[opened]} / ${w[failed]}"
+    printf '%-36s %s\n' "gate RSS before" "$(awk -v k="${w[rss_before_kib]}" 'BEGIN { printf "%.1f MiB", k / 1024 }')"
+    printf '%-36s %s\n' "gate RSS with all open, idle 5 s" "$(awk -v k="${w[rss_idle_kib]}" 'BEGIN { printf "%.1f MiB", k / 1024 }')"
+    printf '%-36s %s\n' "gate RSS per WebSocket" "$per KiB"
+    printf '%-36s %s\n' "gate RSS at 10,000 (extrapolated)" "$at10k MiB   (target < 200 MiB: $(verdict "$at10k" 200 '<'))"
+fi
