@@ -191,32 +191,40 @@ measure() {
 measure direct "$direct_url"
 measure public "$public_url"
 measure ticket "$ticket_url"
+# The same route with the liveness cache off: one Redis round trip (EVALSHA) per request.
+stop_gate
+LT_STORE_CACHE=0s start_gate
+measure nocache "$ticket_url"
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v < t); print (ok ? "met" : "MISSED") }'; }
 
 ticket_public=$(ratio "${rps[ticket]}" "${rps[public]}")
+nocache_public=$(ratio "${rps[nocache]}" "${rps[public]}")
 public_direct=$(ratio "${rps[public]}" "${rps[direct]}")
 added_p99=$(awk -v a="${p99[ticket]}" -v b="${p99[direct]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
 
 echo
 echo "sessiongate bench  $(date -u +%Y-%m-%dT%H:%MZ)  $(git rev-parse --short HEAD 2>/dev/null || echo '?')  $(nproc) cores"
 echo "wrk $threads threads, $connections connections, $duration per target after a $warmup warm-up; loopback"
-echo "gate: release build, threads: 1, touch_interval 30s; session cache ON (1 s per-node TTL, pub/sub invalidation)"
+echo "gate: release build, threads: 1, touch_interval 30s; ticket route with the liveness cache on (store.cache 1s,"
+echo "pub/sub invalidation) and off (store.cache 0s: one Redis round trip per request)"
 echo
 printf '%-22s %12s %11s %11s %16s %12s\n' target requests/s p50 p99 "gate peak RSS" "redis cmd/req"
-for name in direct public ticket; do
+for name in direct public ticket nocache; do
     case $name in
     direct) label="direct to upstream" ;;
     public) label="gate, public route" ;;
     ticket) label="gate, ticket route" ;;
+    nocache) label="gate, ticket, no cache" ;;
     esac
     printf '%-22s %12s %11s %11s %16s %12s\n' "$label" "${rps[$name]}" "$(ms "${p50[$name]}")" \
         "$(ms "${p99[$name]}")" "${rss[$name]}" "${cmds[$name]}"
 done
 echo
 printf '%-36s %s\n' "ticket / public throughput" "$ticket_public   (target >= 0.85: $(verdict "$ticket_public" 0.85 '>='))"
+printf '%-36s %s\n' "ticket (no cache) / public throughput" "$nocache_public   (target >= 0.85: $(verdict "$nocache_public" 0.85 '>='))"
 printf '%-36s %s\n' "public / direct throughput" "$public_direct"
 printf '%-36s %s\n' "p99 added latency (ticket - direct)" "$added_p99 ms   (target < 1 ms: $(verdict "$added_p99" 1 '<'))"
 

@@ -90,6 +90,10 @@ pub struct StoreConfig {
     pub timeout: Duration,
     pub on_unavailable: OnUnavailable,
     pub grace: Duration,
+    /// Extension: how long a node trusts a session's liveness without asking
+    /// the store again (status changes also reach it over pub/sub at once).
+    /// `0s` sends every request to the store.
+    pub cache: Duration,
 }
 
 impl StoreConfig {
@@ -104,6 +108,7 @@ impl StoreConfig {
             timeout: DEFAULT_STORE_TIMEOUT,
             on_unavailable: OnUnavailable::Deny,
             grace: DEFAULT_STORE_GRACE,
+            cache: DEFAULT_STORE_CACHE,
         }
     }
 }
@@ -346,6 +351,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 const DEFAULT_KEY_PREFIX: &str = "sg:";
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 const DEFAULT_STORE_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_STORE_CACHE: Duration = Duration::from_secs(1);
 const DEFAULT_ISSUER: &str = "sessiongate";
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
 const DEFAULT_FROM: [TicketSource; 3] = [

@@ -22,11 +22,6 @@ use crate::store::{Rules, SessionStore, StoreError};
 use crate::ticket::{Claims, Key, KeyRing};
 use crate::tunnel::Tunnels;
 
-/// How long a node trusts a liveness answer without asking the store again.
-/// Status changes are also pushed over the events channel, which drops the
-/// entry at once; this bounds the delay if an event is lost.
-pub const CACHE_TTL_MS: u64 = 1_000;
-
 /// How long a dead session stays readable (and listed) after its
 /// `max_lifetime`, before its keys expire.
 pub const RETAIN_MS: u64 = 24 * 3600 * 1000;
@@ -289,8 +284,9 @@ struct CacheEntry {
 }
 
 /// Per-node liveness cache: skips the store round trip for a session checked
-/// within [`CACHE_TTL_MS`] whose `lastActiveAt` is not yet due a write.
-/// Entries are dropped on every status event from any node.
+/// within `store.cache` (default 1 s) whose `lastActiveAt` is not yet due a
+/// write. Status changes are pushed over the events channel, which drops the
+/// entry at once; the TTL bounds the delay if an event is lost.
 #[derive(Default)]
 pub struct LivenessCache {
     map: Mutex<HashMap<String, CacheEntry>>,
@@ -301,13 +297,13 @@ const CACHE_MAX: usize = 200_000;
 const CACHE_RETAIN_MS: u64 = 5 * 60 * 1000;
 
 impl LivenessCache {
-    fn fresh(&self, sid: &str, now: u64, rules: Rules) -> bool {
+    fn fresh(&self, sid: &str, now: u64, rules: Rules, ttl_ms: u64) -> bool {
         let Ok(map) = self.map.lock() else {
             return false;
         };
         map.get(sid).is_some_and(|e| {
             let mut l = e.live;
-            now.saturating_sub(e.checked_at) < CACHE_TTL_MS
+            now.saturating_sub(e.checked_at) < ttl_ms
                 && l.apply_clock(now, rules.idle_ms).is_none()
                 && l.status.is_active()
                 && !l.touch_due(now, rules.touch_ms)
@@ -437,7 +433,10 @@ impl Gate {
             }
         };
         let sid = admitted.claims.sid.as_str();
-        if self.cache.fresh(sid, now, s.rules) {
+        if self
+            .cache
+            .fresh(sid, now, s.rules, ms(s.config.store.cache))
+        {
             return Ok(admitted);
         }
         let live = match self.check(sid, now, s.rules).await {

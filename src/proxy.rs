@@ -407,6 +407,12 @@ impl ProxyHttp for Proxy {
         for name in &forged {
             up.remove_header(name);
         }
+        // A ticket is the gate's credential, not the upstream's: an upstream
+        // holding one could replay it. The `Authorization` header goes when it
+        // carried the ticket; any other use of it passes through.
+        if ctx.claims.is_some() && ctx.ticket_from == Some(TicketFrom::Header) {
+            up.remove_header(&header::AUTHORIZATION);
+        }
         // Ticket cookies never reach the upstream.
         if cookie(&up.headers, &s.cookie_name).is_some() {
             let rest = cookies_without(&up.headers, &s.cookie_name);

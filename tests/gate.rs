@@ -87,6 +87,21 @@ async fn valid_ticket_reaches_upstream_with_identity_headers() {
         h.get("x-forwarded-host").map(String::as_str),
         Some("gate.test")
     );
+    assert_eq!(
+        h.get("authorization"),
+        None,
+        "the ticket is not passed upstream"
+    );
+    // An Authorization header that is not the gate's ticket passes through.
+    let r = gate
+        .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\nAuthorization: Basic dXNlcjpwYXNz\r\n\r\n")
+        .await;
+    assert_eq!(
+        r.upstream_headers()
+            .get("authorization")
+            .map(String::as_str),
+        Some("Basic dXNlcjpwYXNz")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

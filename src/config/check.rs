@@ -335,6 +335,7 @@ impl<'a> Ctx<'a> {
                 OnUnavailable::Deny,
             ),
             grace: self.duration("store.grace", raw.grace.as_deref(), DEFAULT_STORE_GRACE),
+            cache: self.duration("store.cache", raw.cache.as_deref(), DEFAULT_STORE_CACHE),
         }
     }
 

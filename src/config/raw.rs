@@ -114,6 +114,7 @@ pub(super) struct RawStore {
     pub(super) timeout: Option<String>,
     pub(super) on_unavailable: Option<String>,
     pub(super) grace: Option<String>,
+    pub(super) cache: Option<String>,
 }
 
 #[derive(Deserialize)]
