@@ -355,11 +355,34 @@ impl LivenessCache {
     }
 }
 
+/// One store check shared by concurrent requests for the same session.
+type Flight = Arc<tokio::sync::OnceCell<Result<Option<Liveness>, Reject>>>;
+
+struct Retire<'a> {
+    flights: &'a Mutex<HashMap<String, Flight>>,
+    sid: &'a str,
+    cell: &'a Flight,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut flights) = self.flights.lock()
+            && flights
+                .get(self.sid)
+                .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            flights.remove(self.sid);
+        }
+    }
+}
+
 /// Everything the proxy, the session API and the admin listener share.
 pub struct Gate {
     settings: ArcSwap<Settings>,
     pub store: Arc<dyn SessionStore>,
     pub cache: LivenessCache,
+    /// Store checks in flight, by session id (see [`Gate::check`]).
+    flights: Mutex<HashMap<String, Flight>>,
     pub tunnels: Tunnels,
     pub metrics: Metrics,
     pub config_path: std::path::PathBuf,
@@ -394,6 +417,7 @@ impl Gate {
             settings: ArcSwap::from_pointee(settings),
             store,
             cache: LivenessCache::default(),
+            flights: Mutex::default(),
             tunnels: Tunnels::default(),
             metrics: Metrics::new(),
             config_path,
@@ -467,8 +491,36 @@ impl Gate {
         }
     }
 
-    /// `store.check`, timed for the latency histogram.
+    /// `store.check` for one session, shared by every request that needs it
+    /// at the same moment: when the cached answer lapses under a burst (a
+    /// thousand WebSocket handshakes of one session, say), one round trip
+    /// answers them all instead of a thousand queueing behind each other.
     pub async fn check(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Liveness>, Reject> {
+        let cell = {
+            let Ok(mut flights) = self.flights.lock() else {
+                return self.check_once(sid, now, rules).await;
+            };
+            Arc::clone(flights.entry(sid.to_owned()).or_default())
+        };
+        // Whoever finishes (or is cancelled) first retires this flight, so a
+        // finished answer is never served to a later request.
+        let _retire = Retire {
+            flights: &self.flights,
+            sid,
+            cell: &cell,
+        };
+        cell.get_or_init(|| self.check_once(sid, now, rules))
+            .await
+            .clone()
+    }
+
+    /// One timed `store.check`.
+    async fn check_once(
         &self,
         sid: &str,
         now: u64,
@@ -511,4 +563,114 @@ impl Gate {
 pub fn store_reject(e: StoreError) -> Reject {
     tracing::warn!(error = %e, "session store unavailable");
     Reject::StoreUnavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Event, Session};
+    use crate::store::{Created, RateDecision, SessionStore, memory::MemoryStore};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose `check` is slow and counted.
+    struct Counting {
+        inner: MemoryStore,
+        checks: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for Counting {
+        async fn create(&self, s: &Session, m: u32, r: Rules) -> Result<Created, StoreError> {
+            self.inner.create(s, m, r).await
+        }
+        async fn check(
+            &self,
+            sid: &str,
+            now: u64,
+            r: Rules,
+        ) -> Result<Option<Liveness>, StoreError> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.inner.check(sid, now, r).await
+        }
+        async fn get(&self, sid: &str, now: u64, r: Rules) -> Result<Option<Session>, StoreError> {
+            self.inner.get(sid, now, r).await
+        }
+        async fn touch(
+            &self,
+            sid: &str,
+            now: u64,
+            r: Rules,
+        ) -> Result<Option<Session>, StoreError> {
+            self.inner.touch(sid, now, r).await
+        }
+        async fn refresh(
+            &self,
+            sid: &str,
+            e: u64,
+            now: u64,
+            r: Rules,
+        ) -> Result<Option<Session>, StoreError> {
+            self.inner.refresh(sid, e, now, r).await
+        }
+        async fn set_status(
+            &self,
+            sid: &str,
+            st: Status,
+            now: u64,
+            r: Rules,
+        ) -> Result<Option<Session>, StoreError> {
+            self.inner.set_status(sid, st, now, r).await
+        }
+        async fn list(&self, u: &str, now: u64, r: Rules) -> Result<Vec<Session>, StoreError> {
+            self.inner.list(u, now, r).await
+        }
+        async fn revoke_user(&self, u: &str, now: u64, r: Rules) -> Result<u64, StoreError> {
+            self.inner.revoke_user(u, now, r).await
+        }
+        async fn hit_rate(
+            &self,
+            k: &str,
+            l: u32,
+            w: u64,
+            now: u64,
+        ) -> Result<RateDecision, StoreError> {
+            self.inner.hit_rate(k, l, w, now).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+            self.inner.events()
+        }
+    }
+
+    fn settings() -> Settings {
+        let yaml = "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n";
+        let cfg = crate::config::parse(yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
+        Settings::new(cfg, Vec::new()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_of_one_session_share_one_round_trip() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            checks: AtomicUsize::new(0),
+        });
+        let gate = Gate::new(settings(), store.clone(), "t.yaml".into());
+        let rules = gate.settings().rules;
+        let waiters: Vec<_> = (0..100)
+            .map(|_| {
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move { gate.check("s1", 1_000, rules).await })
+            })
+            .collect();
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Ok(None));
+        }
+        assert_eq!(store.checks.load(Ordering::SeqCst), 1);
+        // The flight is retired: the next check asks the store again.
+        assert_eq!(gate.check("s1", 2_000, rules).await, Ok(None));
+        assert_eq!(store.checks.load(Ordering::SeqCst), 2);
+    }
 }
