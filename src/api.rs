@@ -415,3 +415,34 @@ async fn end_or_remove(
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(cookie: &str) -> Settings {
+        let yaml = format!(
+            "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\n  cookie: {cookie}\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n"
+        );
+        let cfg = crate::config::parse(&yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
+        Settings::new(cfg, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn secure_cookie_is_host_prefixed_secure_http_only_with_same_site() {
+        let s = settings("{name: sg_ticket, secure: true, same_site: strict}");
+        assert_eq!(
+            set_cookie(&s, "T", 60),
+            "__Host-sg_ticket=T; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=60"
+        );
+    }
+
+    #[test]
+    fn insecure_cookie_keeps_its_name_and_may_carry_a_domain() {
+        let s = settings("{name: sid, secure: false, domain: example.com}");
+        assert_eq!(
+            set_cookie(&s, "", 0),
+            "sid=; Path=/; HttpOnly; Domain=example.com; SameSite=Lax; Max-Age=0"
+        );
+    }
+}

@@ -836,3 +836,36 @@ contract!(
     concurrent_creates_keep_exactly_max_per_user,
     sweep_forgets_users_who_never_return,
 );
+
+/// Redis only: a removed session leaves its user's index, so its record must
+/// not wait out `max_lifetime`; it lives as long as its newest ticket can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_removed_sessions_expire_with_their_ticket() {
+    let f = redis_fixture().await;
+    let t = sessiongate::gate::now_ms();
+    let mut s = session("rm-ttl", "rm-user", t);
+    s.expire_at = t + 10_000;
+    s.max_expire_at = t + 30 * 24 * 3600 * 1000;
+    create(&f, &s, 5).await;
+    f.store()
+        .set_status("rm-ttl", Status::Removed, t, RULES)
+        .await
+        .unwrap();
+    let mut con = f
+        .redis
+        .as_ref()
+        .unwrap()
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg("sg:s:rm-ttl")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 10_000 + 60_000,
+        "removed record lives {ttl} ms"
+    );
+}
