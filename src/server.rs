@@ -296,6 +296,9 @@ async fn watch_config(gate: Arc<Gate>) {
         }
     };
     let mut last = mtime(&gate.config_path);
+    // A file caught mid-write fails to load; one retry on the next tick
+    // picks up the finished file without needing another change.
+    let mut retry = false;
     loop {
         let hup_fired = async {
             match hup.as_mut() {
@@ -310,15 +313,18 @@ async fn watch_config(gate: Arc<Gate>) {
             _ = tokio::time::sleep(WATCH_EVERY) => false,
         };
         let now = mtime(&gate.config_path);
-        if by_signal || now != last {
+        let changed = now != last;
+        if by_signal || changed || retry {
             last = now;
-            reload(&gate);
+            let ok = reload(&gate);
+            retry = !ok && changed && !by_signal;
         }
     }
 }
 
-/// Swaps in a new config, or keeps the old one and logs why.
-pub fn reload(gate: &Gate) {
+/// Swaps in a new config, or keeps the old one and logs why; true when the
+/// new config is in force.
+pub fn reload(gate: &Gate) -> bool {
     let outcome = match load(&gate.config_path) {
         Ok((cfg, users)) => match Settings::new(cfg, users) {
             Ok(s) => {
@@ -340,4 +346,5 @@ pub fn reload(gate: &Gate) {
         }
     };
     gate.metrics.reloads.with_label_values(&[outcome]).inc();
+    outcome == "ok"
 }
