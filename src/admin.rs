@@ -9,7 +9,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::api::Response;
-use crate::gate::{Gate, bearer, now_ms, store_reject};
+use crate::credentials::bearer;
+use crate::gate::{Gate, now_ms, store_reject};
 use crate::reject::Reject;
 use crate::session::Status;
 

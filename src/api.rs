@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::SameSite;
-use crate::gate::{Gate, Settings, find_ticket, now_ms, store_reject};
+use crate::credentials::find_ticket;
+use crate::gate::{Gate, Settings, now_ms, store_reject};
 use crate::login;
 use crate::reject::Reject;
 use crate::session::{Session, Status, validate_vars};

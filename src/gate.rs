@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 
-use crate::config::{Config, OnUnavailable, TicketSource, UserEntry};
+use crate::config::{Config, OnUnavailable, UserEntry};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::route::RouteTable;
@@ -185,96 +185,6 @@ impl Settings {
     pub fn max_lifetime_ms(&self) -> u64 {
         ms(self.config.sessions.max_lifetime)
     }
-}
-
-/// Where the request's ticket came from; the gate removes cookie and query
-/// tickets before forwarding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TicketFrom {
-    Header,
-    Cookie,
-    Query,
-}
-
-/// Finds the ticket in the configured places, in the configured order.
-/// `?ticket=` is only honoured on WebSocket handshakes: browsers cannot set
-/// headers there, and tickets in ordinary URLs leak into logs and referrers.
-pub fn find_ticket<'a>(
-    s: &Settings,
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-    websocket: bool,
-) -> Option<(&'a str, TicketFrom)> {
-    for from in &s.config.tickets.from {
-        let found = match from {
-            TicketSource::Header => bearer(headers).map(|t| (t, TicketFrom::Header)),
-            TicketSource::Cookie => {
-                cookie(headers, &s.cookie_name).map(|t| (t, TicketFrom::Cookie))
-            }
-            TicketSource::Query if websocket => {
-                query.and_then(query_ticket).map(|t| (t, TicketFrom::Query))
-            }
-            TicketSource::Query => None,
-        };
-        if found.is_some() {
-            return found;
-        }
-    }
-    None
-}
-
-/// `Authorization: Bearer <token>` (scheme case-insensitive).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// A cookie's value, looked up across every `Cookie` header.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name)
-                .then_some(v.trim_matches('"'))
-                .filter(|v| !v.is_empty())
-        })
-}
-
-fn query_ticket(query: &str) -> Option<&str> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("ticket="))
-        .filter(|t| !t.is_empty())
-}
-
-/// The query string without its `ticket` parameter (`None` if nothing is left).
-pub fn query_without_ticket(query: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|kv| !kv.is_empty() && *kv != "ticket" && !kv.starts_with("ticket="))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
-}
-
-/// The `Cookie` header value without the ticket cookie (`None` if nothing is left).
-pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
-    let kept: Vec<&str> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 #[derive(Clone, Copy)]

@@ -9,7 +9,7 @@
 //!              │ /_session/* ───────────────► api (login, info, refresh, …) ──► store
 //!              │ route::RouteTable::find (404 no_route)
 //!              │ Origin allowlist (WebSocket handshakes, 403)
-//!              │ gate::find_ticket → ticket::KeyRing::verify (401 invalid_ticket)
+//!              │ credentials::find_ticket → ticket::KeyRing::verify (401 invalid_ticket)
 //!              │ gate::Gate::admit → liveness cache | store::check (one round trip)
 //!              │                     (401 session_<status>, 503 store_unavailable)
 //!              │ roles (403 forbidden)
@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod credentials;
 pub mod echo;
 pub mod gate;
 pub mod health;

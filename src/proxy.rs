@@ -22,10 +22,8 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind};
-use crate::gate::{
-    Admitted, Gate, InFlight, Settings, TicketFrom, cookie, cookies_without, find_ticket, now_ms,
-    query_without_ticket,
-};
+use crate::credentials::{TicketFrom, cookie, cookies_without, find_ticket, query_without_ticket};
+use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
 use crate::health::Health;
 use crate::reject::Reject;
 use crate::route::{Route, normalize_path};
