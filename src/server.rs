@@ -55,13 +55,18 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
     match cfg.store.kind {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
         StoreKind::Redis => {
-            let url = cfg.store.url.as_deref().ok_or_else(|| {
-                StartError::Store(
-                    "only store.url (standalone Redis) is supported by this build; cluster and sentinel are not yet".into(),
-                )
-            })?;
-            let r = RedisStore::new(url, &cfg.store.key_prefix, cfg.store.timeout)
-                .map_err(|e| StartError::Store(e.to_string()))?;
+            let (prefix, timeout) = (&cfg.store.key_prefix, cfg.store.timeout);
+            let r = match (&cfg.store.url, &cfg.store.sentinel) {
+                (Some(url), _) => RedisStore::new(url, prefix, timeout),
+                (None, Some(s)) => RedisStore::with_sentinel(&s.nodes, &s.master, prefix, timeout),
+                (None, None) => {
+                    return Err(StartError::Store(
+                        "store.cluster is not supported yet: use store.url or store.sentinel"
+                            .into(),
+                    ));
+                }
+            }
+            .map_err(|e| StartError::Store(e.to_string()))?;
             Ok((r.clone(), Some(r)))
         }
     }

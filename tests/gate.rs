@@ -430,3 +430,91 @@ async fn malformed_requests_get_400_and_harm_nothing() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_is_followed() {
+    let master = Redis::spawn().await;
+    let replica_port = free_port();
+    let master_port = master.port.to_string();
+    let replica =
+        Redis::spawn_with(replica_port, &["--replicaof", "127.0.0.1", &master_port]).await;
+    let sentinel = sentinel(master.port).await;
+    let mut sentinel_con = sentinel
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The Sentinel must know the replica before it can promote it.
+    let known = eventually(Duration::from_secs(20), || {
+        let mut con = sentinel_con.clone();
+        async move {
+            let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg("mymaster")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (!replicas.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert!(known.is_some(), "sentinel never saw the replica");
+
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let mut setup = Setup::redis(&master).routes(&routes(http.addr, ws.addr));
+    setup.store = format!(
+        "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
+        sentinel.port
+    );
+    let gate = Gate::start(&setup).await;
+    let (before, _) = gate.login("alice", "wonderland").await;
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&before)).await.status,
+        200
+    );
+
+    let _: redis::Value = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("mymaster")
+        .query_async(&mut sentinel_con)
+        .await
+        .unwrap();
+    let promoted = eventually(Duration::from_secs(20), || {
+        let mut con = sentinel_con.clone();
+        async move {
+            let addr: (String, String) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg("mymaster")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (addr.1 == replica_port.to_string()).then_some(())
+        }
+    })
+    .await;
+    assert!(promoted.is_some(), "failover did not happen");
+    // Writes (a login) reach the new master, and the session written before
+    // the failover was replicated: its ticket still works.
+    let after = eventually(Duration::from_secs(10), || async {
+        let r = gate
+            .post(
+                "/_session/login",
+                None,
+                r#"{"username":"bob","password":"builder"}"#,
+            )
+            .await;
+        (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap().to_owned())
+    })
+    .await
+    .expect("login after failover");
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&after)).await.status,
+        200
+    );
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&before)).await.status,
+        200
+    );
+    drop(replica);
+}

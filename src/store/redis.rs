@@ -12,17 +12,20 @@
 //! request must get its 503 instead. Keys carry TTLs so dead sessions vanish
 //! after `max_lifetime` plus a retention margin. The scripts touch keys they
 //! derive from the index, so they need a standalone Redis or Sentinel, not
-//! Cluster.
+//! Cluster. With Sentinel, the master is looked up at the first call and
+//! again after any error, so a failover is followed within a request or two.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
+use redis::sentinel::Sentinel;
 use redis::{Client, Script};
-use tokio::sync::{OnceCell, broadcast};
+use tokio::sync::broadcast;
 
 use super::{Created, RateDecision, Rules, SessionStore, StoreError};
 use crate::session::{Event, Liveness, Session, Status, rfc3339};
@@ -202,9 +205,21 @@ impl Scripts {
     }
 }
 
+/// Where the master is: a fixed URL, or whatever the Sentinels say now.
+enum Source {
+    Direct(Client),
+    Sentinel {
+        sentinel: tokio::sync::Mutex<Sentinel>,
+        master: String,
+    },
+}
+
 pub struct RedisStore {
-    client: Client,
-    con: OnceCell<ConnectionManager>,
+    source: Source,
+    /// The multiplexed connection every call shares; emptied (Sentinel only)
+    /// when the master stops answering, so the next call resolves it anew.
+    con: ArcSwapOption<ConnectionManager>,
+    resolving: tokio::sync::Mutex<()>,
     prefix: String,
     channel: String,
     timeout: Duration,
@@ -217,17 +232,66 @@ impl RedisStore {
     /// Connects lazily: the gate starts (and answers 503) while Redis is down.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Arc<RedisStore>, StoreError> {
         let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self::with_source(Source::Direct(client), prefix, timeout))
+    }
+
+    /// A store whose master is found through Redis Sentinel, and found again
+    /// after a failover: redis-rs does not follow one by itself.
+    pub fn with_sentinel(
+        nodes: &[String],
+        master: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Arc<RedisStore>, StoreError> {
+        let sentinel =
+            Sentinel::build(nodes.to_vec()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let source = Source::Sentinel {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            master: master.to_owned(),
+        };
+        Ok(Self::with_source(source, prefix, timeout))
+    }
+
+    fn with_source(source: Source, prefix: &str, timeout: Duration) -> Arc<RedisStore> {
         let (events, _) = broadcast::channel(4096);
-        Ok(Arc::new(RedisStore {
-            client,
-            con: OnceCell::new(),
+        Arc::new(RedisStore {
+            source,
+            con: ArcSwapOption::empty(),
+            resolving: tokio::sync::Mutex::new(()),
             prefix: prefix.to_owned(),
             channel: format!("{prefix}events"),
             timeout,
             scripts: Scripts::new(),
             events,
             subscribed: std::sync::Once::new(),
-        }))
+        })
+    }
+
+    /// A client for the current master.
+    async fn client(&self) -> Result<Client, StoreError> {
+        match &self.source {
+            Source::Direct(client) => Ok(client.clone()),
+            Source::Sentinel { sentinel, master } => {
+                let mut sentinel = sentinel.lock().await;
+                let wait = self.timeout.max(Duration::from_millis(500));
+                match tokio::time::timeout(wait, sentinel.async_master_for(master, None)).await {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                        "sentinel cannot name master {master}: {e}"
+                    ))),
+                    Err(_) => Err(StoreError::Timeout(wait)),
+                }
+            }
+        }
+    }
+
+    /// After an error, a Sentinel-found master may have been demoted or be
+    /// gone: drop the connection so the next call asks the Sentinels again.
+    /// A fixed URL keeps its connection, which reconnects by itself.
+    fn forget_master(&self) {
+        if matches!(self.source, Source::Sentinel { .. }) {
+            self.con.store(None);
+        }
     }
 
     /// Starts the task that relays `<prefix>events` from Redis to
@@ -243,7 +307,16 @@ impl RedisStore {
     async fn relay_events(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.client.get_async_pubsub().await {
+            let client = match self.client().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot find the master for session events");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            match client.get_async_pubsub().await {
                 Ok(mut ps) => match ps.subscribe(&self.channel).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(50);
@@ -271,20 +344,22 @@ impl RedisStore {
     }
 
     async fn con(&self) -> Result<ConnectionManager, StoreError> {
-        let timeout = self.timeout;
-        let con = self
-            .con
-            .get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-            })
-            .await?;
-        Ok(con.clone())
+        if let Some(con) = self.con.load().as_deref() {
+            return Ok(con.clone());
+        }
+        let _one_at_a_time = self.resolving.lock().await;
+        if let Some(con) = self.con.load().as_deref() {
+            return Ok(con.clone());
+        }
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(self.client().await?, cfg)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.con.store(Some(Arc::new(con.clone())));
+        Ok(con)
     }
 
     /// Runs one script invocation within `store.timeout`.
@@ -295,7 +370,10 @@ impl RedisStore {
         let mut con = self.con().await?;
         match tokio::time::timeout(self.timeout, inv.invoke_async(&mut con)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Ok(Err(e)) => {
+                self.forget_master();
+                Err(StoreError::Unavailable(e.to_string()))
+            }
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
@@ -517,7 +595,10 @@ impl SessionStore for RedisStore {
         let ping = redis::cmd("PING");
         match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut con)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Ok(Err(e)) => {
+                self.forget_master();
+                Err(StoreError::Unavailable(e.to_string()))
+            }
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }

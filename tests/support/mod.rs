@@ -67,7 +67,13 @@ impl Redis {
     }
 
     pub async fn spawn_on(port: u16) -> Redis {
+        Self::spawn_with(port, &[]).await
+    }
+
+    /// A redis-server with extra arguments (e.g. `--replicaof 127.0.0.1 P`).
+    pub async fn spawn_with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
+            .args(extra)
             .args([
                 "--port",
                 &port.to_string(),
@@ -704,4 +710,21 @@ impl Gate {
         s.write_all(raw.as_bytes()).await.expect("send");
         read_response(&mut s).await.expect("response from gate")
     }
+}
+
+/// A Redis Sentinel watching `master` (as `mymaster`), quick to act: 1 s to
+/// call a master down, quorum 1.
+pub async fn sentinel(master: u16) -> Redis {
+    let dir = scratch_dir("sentinel");
+    let port = free_port();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
+        ),
+    )
+    .expect("sentinel conf");
+    let conf = conf.display().to_string();
+    Redis::spawn_with(port, &[conf.as_str(), "--sentinel"]).await
 }
