@@ -54,7 +54,7 @@ impl Health {
                     .routes
                     .routes()
                     .iter()
-                    .flat_map(|r| r.upstreams.iter().copied())
+                    .flat_map(|r| r.config.upstreams.iter().copied())
                     .collect();
                 v.sort();
                 v.dedup();

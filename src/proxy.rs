@@ -259,7 +259,7 @@ impl ProxyHttp for Proxy {
             .iter()
             .position(|r| std::ptr::eq(r, route));
         let websocket = is_websocket(session);
-        ctx.websocket = websocket && route.kind == RouteKind::Gateway;
+        ctx.websocket = websocket && route.config.kind == RouteKind::Gateway;
         if ctx.websocket {
             let origin = req
                 .headers
@@ -273,13 +273,13 @@ impl ProxyHttp for Proxy {
             ctx.path = Some(p);
         }
 
-        if route.auth != AuthPolicy::Public {
+        if route.config.auth != AuthPolicy::Public {
             let found = find_ticket(&s, &req.headers, req.uri.query(), websocket);
             ctx.ticket_from = found.map(|(_, from)| from);
             let verdict = self.gate.admit(&s, found.map(|(t, _)| t), now_ms()).await;
-            match (verdict, route.auth) {
+            match (verdict, route.config.auth) {
                 (Ok(admitted), _) => {
-                    if route.auth == AuthPolicy::Required
+                    if route.config.auth == AuthPolicy::Required
                         && !route.role_allowed(&admitted.claims.roles)
                     {
                         self.gate
@@ -331,31 +331,34 @@ impl ProxyHttp for Proxy {
             ctx.reject = Some(Reject::UpstreamUnavailable);
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
-                format!("route {}: no healthy upstream", route.name),
+                format!("route {}: no healthy upstream", route.config.name),
             ));
         };
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(route.connect_timeout);
+        peer.options.connection_timeout = Some(route.config.connect_timeout);
         if ctx.websocket {
             let sid = ctx.claims.as_ref().map_or("", |a| a.claims.sid.as_str());
-            let ctl = self.gate.tunnels.register(sid, &route.name, now_ms());
+            let ctl = self
+                .gate
+                .tunnels
+                .register(sid, &route.config.name, now_ms());
             let gauge = self
                 .gate
                 .metrics
                 .websockets
-                .with_label_values(&[&route.name]);
+                .with_label_values(&[&route.config.name]);
             peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(
                 &self.gate.tunnels,
                 ctl,
-                route.connect_timeout,
+                route.config.connect_timeout,
                 gauge,
             )));
             // Never pool or share a tunnel's connection.
             peer.group_key = self.tunnel_keys.fetch_add(1, Ordering::Relaxed);
         } else {
-            peer.options.read_timeout = Some(route.timeout);
-            peer.options.write_timeout = Some(route.timeout);
+            peer.options.read_timeout = Some(route.config.timeout);
+            peer.options.write_timeout = Some(route.config.timeout);
             peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         }
         Ok(Box::new(peer))
@@ -375,7 +378,7 @@ impl ProxyHttp for Proxy {
         let more = ctx
             .settings
             .as_ref()
-            .and_then(|s| ctx.route(s).map(|r| r.upstreams.len()))
+            .and_then(|s| ctx.route(s).map(|r| r.config.upstreams.len()))
             .unwrap_or(0);
         if ctx.tries < more {
             e.set_retry(true);
@@ -424,7 +427,7 @@ impl ProxyHttp for Proxy {
         let query = up.uri.query();
         let new_path = route.upstream_path(path);
         let strip_query = query.is_some_and(|q| q.contains("ticket"));
-        if ctx.path.is_some() || route.strip_prefix || strip_query {
+        if ctx.path.is_some() || route.config.strip_prefix || strip_query {
             let query = if strip_query {
                 query.and_then(query_without_ticket)
             } else {
@@ -501,7 +504,7 @@ impl ProxyHttp for Proxy {
             self.gate
                 .metrics
                 .upstream_errors
-                .with_label_values(&[&route.name, reject.code()])
+                .with_label_values(&[&route.config.name, reject.code()])
                 .inc();
         }
         tracing::warn!(error = %e, code = reject.code(), "request failed");
@@ -533,7 +536,7 @@ impl ProxyHttp for Proxy {
             .settings
             .as_ref()
             .and_then(|s| ctx.route(s))
-            .map_or("-", |r| r.name.as_str());
+            .map_or("-", Route::name);
         let req = session.req_header();
         let path = ctx.path.as_deref().unwrap_or(req.uri.path());
         let route_label = if path == api::PREFIX || path.starts_with("/_session/") {

@@ -7,26 +7,18 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crate::config::{AuthPolicy, RouteConfig, RouteKind};
+use crate::config::RouteConfig;
 
-/// One configured route, ready for matching.
+/// One configured route, ready for matching: its config, plus the host and
+/// prefix in the form requests are compared with.
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
-    pub kind: RouteKind,
+    pub config: RouteConfig,
     /// Lowercase, without a port or trailing dot; `None` matches any host.
     pub host: Option<String>,
     /// Normalized like a request path, without a trailing slash except for `/` itself.
     pub prefix: String,
-    pub strip_prefix: bool,
-    pub upstreams: Vec<SocketAddr>,
-    pub auth: AuthPolicy,
-    pub roles: Vec<String>,
-    pub origins: Option<Vec<String>>,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
     /// False when the configured path does not normalize (config should have refused it):
     /// the route is still listed but never matches, so a bad path fails closed.
     matchable: bool,
@@ -41,35 +33,32 @@ impl Route {
             Err(_) => (cfg.path.clone(), false),
         };
         Route {
-            name: cfg.name.clone(),
-            kind: cfg.kind,
+            config: cfg.clone(),
             host: cfg
                 .host
                 .as_deref()
                 .map(|h| host_without_port(h).to_ascii_lowercase()),
             prefix,
-            strip_prefix: cfg.strip_prefix,
-            upstreams: cfg.upstreams.clone(),
-            auth: cfg.auth,
-            roles: cfg.roles.clone(),
-            origins: cfg.origins.clone(),
-            timeout: cfg.timeout,
-            connect_timeout: cfg.connect_timeout,
             matchable,
             next: AtomicUsize::new(0),
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
     /// Round robin over `upstreams`, skipping those `is_up` reports down. `None` when every
     /// upstream is down (or there are none): the caller answers 502 `upstream_unavailable`.
     pub fn pick_upstream(&self, is_up: impl Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
-        let n = self.upstreams.len();
+        let upstreams = &self.config.upstreams;
+        let n = upstreams.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
-            .map(|i| self.upstreams[(start + i) % n])
+            .map(|i| upstreams[(start + i) % n])
             .find(|addr| is_up(addr))
     }
 
@@ -77,7 +66,7 @@ impl Route {
     /// string is the caller's to append). With `strip_prefix`, `/controller/shop/items`
     /// becomes `/items` and `/controller/shop` becomes `/`; otherwise the path is unchanged.
     pub fn upstream_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
-        if !self.strip_prefix || self.prefix == "/" {
+        if !self.config.strip_prefix || self.prefix == "/" {
             return Cow::Borrowed(path);
         }
         match path.strip_prefix(self.prefix.as_str()) {
@@ -91,14 +80,15 @@ impl Route {
     /// Whether a session holding `roles` may use this route: an empty route list admits
     /// anyone, otherwise any one shared role is enough (exact, case-sensitive).
     pub fn role_allowed(&self, roles: &[String]) -> bool {
-        self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r))
+        let allowed = &self.config.roles;
+        allowed.is_empty() || roles.iter().any(|r| allowed.contains(r))
     }
 
     /// Whether a WebSocket handshake's `Origin` is allowed. No allowlist admits any origin;
     /// with one, the origin must equal an entry (ASCII case-insensitive, as an origin is only
     /// scheme, host and port). A missing `Origin` and the opaque `null` origin are refused.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        let Some(allowed) = &self.origins else {
+        let Some(allowed) = &self.config.origins else {
             return true;
         };
         match origin {
@@ -357,7 +347,9 @@ fn check_raw(b: u8) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AuthPolicy, RouteKind};
     use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -384,7 +376,7 @@ mod tests {
     }
 
     fn found<'a>(t: &'a RouteTable, host: Option<&str>, path: &str) -> Option<&'a str> {
-        t.find(host, path).map(|r| r.name.as_str())
+        t.find(host, path).map(Route::name)
     }
 
     /// Normalize, then route: what the proxy does for every request.
@@ -551,11 +543,11 @@ mod tests {
         );
         let r = route_for(&t, "/public/../admin").ok().flatten();
         assert_eq!(
-            r.map(|r| (r.name.as_str(), r.auth)),
+            r.map(|r| (r.name(), r.config.auth)),
             Some(("admin", AuthPolicy::Required))
         );
         let r = route_for(&t, "/public/x/../../admin/users").ok().flatten();
-        assert_eq!(r.map(|r| r.name.as_str()), Some("admin"));
+        assert_eq!(r.map(Route::name), Some("admin"));
     }
 
     #[test]
@@ -570,7 +562,7 @@ mod tests {
         ] {
             assert_eq!(normalize_path(path).as_deref(), Ok("/admin"), "{path}");
             let r = route_for(&t, path).ok().flatten();
-            assert_eq!(r.map(|r| r.name.as_str()), Some("admin"), "{path}");
+            assert_eq!(r.map(Route::name), Some("admin"), "{path}");
         }
     }
 
