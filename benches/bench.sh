@@ -167,7 +167,7 @@ measure() {
     fi
     c0=$(redis_commands)
     wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "$auth" \
-        -s benches/summary.lua "$url" >"$work/wrk-$name.txt"
+        -s deploy/loadtest/summary.lua "$url" >"$work/wrk-$name.txt"
     c1=$(redis_commands)
     line=$(grep '^SUMMARY ' "$work/wrk-$name.txt") || die "wrk printed no summary for $name"
     declare -A s=()

@@ -1,6 +1,7 @@
--- wrk script for benches/bench.sh: requests stay wrk's static ones (no per-request Lua, so the
--- client costs the same in every run); done() prints one `SUMMARY key=value ...` line, with
--- latencies in microseconds from the same histogram `--latency` prints.
+-- wrk script for benches/bench.sh, and the summary printer tickets.lua loads: requests stay
+-- wrk's static ones (no per-request Lua, so the client costs the same in every run); done()
+-- prints one `SUMMARY key=value ...` line, with latencies in microseconds from the same
+-- histogram `--latency` prints.
 
 function done(summary, latency, requests)
    local e = summary.errors
