@@ -238,7 +238,10 @@ async fn sweep_tunnels(gate: Arc<Gate>) {
         let s = gate.settings();
         let now = now_ms();
         let open = gate.tunnels.sessions();
-        known.retain(|sid, _| open.iter().any(|(o, _)| o == sid));
+        let open_sids: std::collections::HashSet<&str> =
+            open.iter().map(|(sid, _)| sid.as_str()).collect();
+        known.retain(|sid, _| open_sids.contains(sid.as_str()));
+        drop(open_sids);
         for (sid, activity) in open {
             if sid.is_empty() {
                 continue;
