@@ -354,8 +354,12 @@ impl ProxyHttp for Proxy {
                 route.config.connect_timeout,
                 gauge,
             )));
-            // Never pool or share a tunnel's connection.
+            // Never pool or share a tunnel's connection: a unique group key means
+            // no other request can pick it up, and should an upstream refuse the
+            // upgrade with a plain response, the connection (and its registration)
+            // leaves the pool after a second.
             peer.group_key = self.tunnel_keys.fetch_add(1, Ordering::Relaxed);
+            peer.options.idle_timeout = Some(Duration::from_secs(1));
         } else {
             peer.options.read_timeout = Some(route.config.timeout);
             peer.options.write_timeout = Some(route.config.timeout);

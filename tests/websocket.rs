@@ -354,3 +354,41 @@ async fn a_silent_tunnel_outlives_the_default_read_timeout() {
         Message::Text("still here".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusing_the_upgrade_leaves_no_tunnel_behind() {
+    let redis = Redis::spawn().await;
+    let refuser = Upstream::custom(|mut s| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        // Answer every request on the connection, and keep it open.
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+                .await;
+        }
+    })
+    .await;
+    let routes = format!(
+        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n",
+        refuser.addr
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let (status, body) = http_status(refused(connect(&gate, Some(&ticket), None).await, "403"));
+    assert_eq!((status, body.as_str()), (403, "nope"));
+    let gone = eventually(Duration::from_secs(5), || async {
+        let m = gate.admin_req("GET", "/metrics").await.text();
+        m.lines()
+            .any(|l| l == r#"sessiongate_websockets_open{route="chat"} 0"#)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the refused handshake's upstream connection lingers"
+    );
+}
