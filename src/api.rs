@@ -60,13 +60,18 @@ impl Response {
         }
     }
 
+    /// The SPEC's error body for a refusal. Refusals are never cacheable, so
+    /// every one says `Cache-Control: no-store`, wherever it is written.
     pub fn reject(r: &Reject) -> Response {
         let mut out = Response {
             status: r.status(),
-            headers: vec![(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
+            headers: vec![
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
             body: r.body(),
         };
         for (k, v) in r.extra_headers() {
@@ -87,13 +92,14 @@ impl Response {
 
 /// Serves one `/_session` request.
 pub async fn handle(gate: &Gate, s: &Settings, req: ApiRequest<'_>) -> Response {
-    let mut resp = match route(gate, s, &req).await {
-        Ok(r) => r,
+    match route(gate, s, &req).await {
+        Ok(mut resp) => {
+            resp.headers
+                .push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+            resp
+        }
         Err(r) => Response::reject(&r),
-    };
-    resp.headers
-        .push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-    resp
+    }
 }
 
 async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
@@ -422,11 +428,7 @@ mod tests {
     use super::*;
 
     fn settings(cookie: &str) -> Settings {
-        let yaml = format!(
-            "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\n  cookie: {cookie}\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n"
-        );
-        let cfg = crate::config::parse(&yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
-        Settings::new(cfg, Vec::new()).unwrap()
+        crate::gate::tests::settings_with(&format!("  cookie: {cookie}\n"))
     }
 
     #[test]

@@ -207,11 +207,15 @@ const CACHE_MAX: usize = 200_000;
 const CACHE_RETAIN_MS: u64 = 5 * 60 * 1000;
 
 impl LivenessCache {
+    /// Whether the session has an entry and `pred` holds for it.
+    fn entry_is(&self, sid: &str, pred: impl FnOnce(&CacheEntry) -> bool) -> bool {
+        self.map
+            .lock()
+            .is_ok_and(|map| map.get(sid).is_some_and(pred))
+    }
+
     fn fresh(&self, sid: &str, now: u64, rules: Rules, ttl_ms: u64) -> bool {
-        let Ok(map) = self.map.lock() else {
-            return false;
-        };
-        map.get(sid).is_some_and(|e| {
+        self.entry_is(sid, |e| {
             let mut l = e.live;
             now.saturating_sub(e.checked_at) < ttl_ms
                 && l.apply_clock(now, rules.idle_ms).is_none()
@@ -223,10 +227,7 @@ impl LivenessCache {
     /// Whether this node saw the session active within `grace_ms` (and the
     /// clock has not ended it since).
     fn seen_active_within(&self, sid: &str, now: u64, grace_ms: u64) -> bool {
-        let Ok(map) = self.map.lock() else {
-            return false;
-        };
-        map.get(sid).is_some_and(|e| {
+        self.entry_is(sid, |e| {
             now.saturating_sub(e.checked_at) < grace_ms
                 && e.live.status.is_active()
                 && now < e.live.expire_at
@@ -339,6 +340,11 @@ impl Gate {
         self.settings.load_full()
     }
 
+    /// Requests (tunnels included) being served right now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn swap_settings(&self, s: Settings) {
         self.settings.store(Arc::new(s));
     }
@@ -415,7 +421,15 @@ impl Gate {
             let Ok(mut flights) = self.flights.lock() else {
                 return self.check_once(sid, now, rules).await;
             };
-            Arc::clone(flights.entry(sid.to_owned()).or_default())
+            // Look up before inserting: joining a flight must not allocate.
+            match flights.get(sid) {
+                Some(cell) => Arc::clone(cell),
+                None => {
+                    let cell = Flight::default();
+                    flights.insert(sid.to_owned(), Arc::clone(&cell));
+                    cell
+                }
+            }
         };
         // Whoever finishes (or is cancelled) first retires this flight, so a
         // finished answer is never served to a later request.
@@ -476,7 +490,7 @@ pub fn store_reject(e: StoreError) -> Reject {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::session::{Event, Session};
     use crate::store::{Created, RateDecision, SessionStore, memory::MemoryStore};
@@ -555,10 +569,18 @@ mod tests {
         }
     }
 
-    fn settings() -> Settings {
-        let yaml = "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n";
-        let cfg = crate::config::parse(yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
+    /// Settings from a minimal memory-store config, for unit tests across
+    /// modules; `tickets_extra` is YAML added under `tickets:`.
+    pub(crate) fn settings_with(tickets_extra: &str) -> Settings {
+        let yaml = format!(
+            "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\n{tickets_extra}routes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n"
+        );
+        let cfg = crate::config::parse(&yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
         Settings::new(cfg, Vec::new()).unwrap()
+    }
+
+    fn settings() -> Settings {
+        settings_with("")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

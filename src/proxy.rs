@@ -109,12 +109,7 @@ impl Proxy {
         r: Reject,
     ) -> pingora::Result<bool> {
         ctx.responded = Some(r.status());
-        let mut resp = Response::reject(&r);
-        // The gate's own refusals are never cacheable (and `/_session` answers must say so).
-        resp.headers.push((
-            header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-store"),
-        ));
+        let resp = Response::reject(&r);
         ctx.reject = Some(r);
         respond(session, resp).await?;
         Ok(true)

@@ -206,20 +206,11 @@ impl BackgroundService for Lifecycle {
         // Pingora sleeps out the whole grace period before stopping; exit as
         // soon as the last in-flight request is done instead.
         let deadline = std::time::Instant::now() + self.grace;
-        while self
-            .gate
-            .in_flight
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0
-            && std::time::Instant::now() < deadline
-        {
+        while self.gate.requests_in_flight() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!(
-            in_flight = self
-                .gate
-                .in_flight
-                .load(std::sync::atomic::Ordering::Acquire),
+            in_flight = self.gate.requests_in_flight(),
             "drained; exiting"
         );
         // Give the non-blocking log writer a moment to flush its last lines.
