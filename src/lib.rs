@@ -13,9 +13,10 @@
 //!              │ gate::Gate::admit → liveness cache | store::check (one round trip)
 //!              │                     (401 session_<status>, 503 store_unavailable)
 //!              │ roles (403 forbidden)
+//!              │ WebSocket on a gateway route ──► handshake with the upstream
+//!              │   (502/504) ──► 101 ──► tunnel::Relay owns both sockets
 //!              ▼
-//!            proxy::upstream_peer (round robin over healthy upstreams;
-//!              │                   WebSocket routes connect via tunnel::TunnelConnector)
+//!            proxy::upstream_peer (round robin over healthy upstreams)
 //!            proxy::upstream_request_filter
 //!              │ strip forged identity headers, ticket cookie and ?ticket=;
 //!              │ inject X-Session-*, X-Forwarded-*
@@ -32,6 +33,7 @@ pub mod config;
 pub mod credentials;
 pub mod echo;
 pub mod gate;
+pub mod handshake;
 pub mod health;
 pub mod login;
 pub mod metrics;

@@ -6,10 +6,16 @@
 //! connection alive. `upstream_request_filter` runs after Pingora's own
 //! hop-by-hop and `Connection`-nominated header stripping, so the identity
 //! headers it injects cannot be removed by a client's `Connection` header.
+//!
+//! A WebSocket handshake on a gateway route never reaches Pingora's upstream
+//! path: `request_filter` does the handshake itself ([`crate::handshake`]) and,
+//! on a 101, takes the client socket out of Pingora's session and hands both
+//! sockets to a [`Relay`], so Pingora's task for the connection ends.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,6 +23,9 @@ use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
@@ -24,31 +33,25 @@ use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind};
 use crate::credentials::{TicketFrom, cookie, cookies_without, find_ticket, query_without_ticket};
 use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
+use crate::handshake::{self, HandshakeError};
 use crate::health::Health;
 use crate::reject::Reject;
 use crate::route::{Route, normalize_path};
-use crate::tunnel::TunnelConnector;
+use crate::tunnel::Relay;
 
 pub const MAX_URI: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 64 * 1024;
-/// A client that stops reading a tunnel is cut after this long.
-pub const TUNNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pooled upstream connections idle longer than this are closed.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 pub struct Proxy {
     gate: Arc<Gate>,
     health: Arc<Health>,
-    tunnel_keys: AtomicU64,
 }
 
 impl Proxy {
     pub fn new(gate: Arc<Gate>, health: Arc<Health>) -> Proxy {
-        Proxy {
-            gate,
-            health,
-            tunnel_keys: AtomicU64::new(1),
-        }
+        Proxy { gate, health }
     }
 }
 
@@ -69,6 +72,9 @@ pub struct Ctx {
     reject: Option<Reject>,
     /// The gate wrote the response itself.
     responded: Option<u16>,
+    /// The request became a tunnel and its client socket left Pingora's
+    /// session: its method, for the access log.
+    handed_off: Option<http::Method>,
 }
 
 impl Ctx {
@@ -113,6 +119,160 @@ impl Proxy {
         ctx.reject = Some(r);
         respond(session, resp).await?;
         Ok(true)
+    }
+
+    /// Does a gateway route's WebSocket handshake with its upstream and, on a
+    /// 101, turns the connection into a [`Relay`] of the gate's own.
+    async fn open_tunnel(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        s: &Settings,
+        route: &Route,
+    ) -> pingora::Result<bool> {
+        if session.downstream_session.as_http1().is_none() {
+            // The tunnel needs the connection to itself; an HTTP/2 stream is not one.
+            let why = "WebSocket needs HTTP/1.1".into();
+            return self.refuse(session, ctx, Reject::BadRequest(why)).await;
+        }
+        let mut up = session.req_header().clone();
+        match handshake::headers_to_drop(&up.headers) {
+            Ok(names) => {
+                for name in &names {
+                    up.remove_header(name);
+                }
+            }
+            Err(why) => {
+                return self
+                    .refuse(session, ctx, Reject::BadRequest(why.into()))
+                    .await;
+            }
+        }
+        for (name, value) in handshake::UPGRADE_HEADERS {
+            up.insert_header(name, value)?;
+        }
+        rewrite_request(session, &mut up, ctx, s, route)?;
+        let target = up.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let request = handshake::request_head(&up.method, target, &up.headers);
+        let sid = ctx.claims.as_ref().map_or("", |a| a.claims.sid.as_str());
+        // Registered before the upstream is asked, so a status change landing
+        // during the handshake still ends the tunnel the moment it opens.
+        let mut registration = self.gate.tunnels.register(sid, route.name(), now_ms());
+        let cfg = &route.config;
+        // Looked up first, so the route's gauge reads 0 rather than missing
+        // after a refused handshake.
+        let gauge = self.gate.metrics.websockets.with_label_values(&[&cfg.name]);
+        let mut tries = 0;
+        let (mut tcp, answer, addr) = loop {
+            let Some(addr) = route.pick_upstream(|a| self.health.is_up(a)) else {
+                let why = format!("route {}: no healthy upstream", cfg.name);
+                return self
+                    .tunnel_failed(session, ctx, route, Reject::UpstreamUnavailable, &why)
+                    .await;
+            };
+            ctx.upstream = Some(addr);
+            tries += 1;
+            let res = match handshake::connect(addr, cfg.connect_timeout).await {
+                Ok(mut tcp) => handshake::exchange(&mut tcp, addr, &request, cfg.timeout)
+                    .await
+                    .map(|a| (tcp, a, addr)),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(done) => break done,
+                Err(e) if e.is_connect() => {
+                    self.health.mark_down(addr);
+                    if tries < cfg.upstreams.len() {
+                        tracing::debug!(error = %e, "retrying the handshake on another upstream");
+                        continue;
+                    }
+                    let why = e.to_string();
+                    return self
+                        .tunnel_failed(session, ctx, route, Reject::UpstreamUnavailable, &why)
+                        .await;
+                }
+                Err(e) => return self.handshake_failed(session, ctx, route, &e).await,
+            }
+        };
+
+        if answer.status != 101 {
+            // A refusal passes to the client as an ordinary response; the
+            // upstream connection is dropped with it.
+            drop(registration);
+            let refusal = match handshake::read_refusal(&mut tcp, addr, answer, cfg.timeout).await {
+                Ok(r) => r,
+                Err(e) => return self.handshake_failed(session, ctx, route, &e).await,
+            };
+            ctx.responded = Some(refusal.status);
+            let resp = Response {
+                status: refusal.status,
+                headers: refusal.headers,
+                body: refusal.body,
+            };
+            respond(session, resp).await?;
+            return Ok(true);
+        }
+
+        let method = session.req_header().method.clone();
+        let Some(mut client) = take_client(session) else {
+            return Error::e_explain(ErrorType::InternalError, "no HTTP/1 client socket");
+        };
+        ctx.handed_off = Some(method);
+        if ctx.path.is_none() {
+            ctx.path = Some(up.uri.path().to_owned());
+        }
+        {
+            use tokio::io::AsyncWriteExt;
+            let sent = async {
+                client.write_all(answer.head()).await?;
+                client.flush().await
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(error = %e, "client left during the handshake");
+                return Ok(true);
+            }
+        }
+        ctx.responded = Some(101);
+        registration.opened(gauge, InFlight::new(&self.gate.in_flight));
+        tokio::spawn(Relay::new(client, tcp, answer.rest(), registration));
+        Ok(true)
+    }
+
+    async fn handshake_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        e: &HandshakeError,
+    ) -> pingora::Result<bool> {
+        let reject = if e.is_timeout() {
+            Reject::UpstreamTimeout
+        } else {
+            Reject::UpstreamUnavailable
+        };
+        self.tunnel_failed(session, ctx, route, reject, &e.to_string())
+            .await
+    }
+
+    async fn tunnel_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        reject: Reject,
+        why: &str,
+    ) -> pingora::Result<bool> {
+        self.gate
+            .metrics
+            .upstream_errors
+            .with_label_values(&[&route.config.name, reject.code()])
+            .inc();
+        tracing::warn!(
+            error = why,
+            code = reject.code(),
+            "WebSocket handshake failed"
+        );
+        self.refuse(session, ctx, reject).await
     }
 
     /// Reads a `/_session` body, bounded by [`api::MAX_BODY`].
@@ -176,6 +336,57 @@ impl Proxy {
     }
 }
 
+/// Takes the client's socket out of Pingora's session, leaving a stand-in
+/// that reads EOF and swallows writes, so Pingora winds its side down
+/// without touching the connection. `None` unless the session is HTTP/1.
+fn take_client(session: &mut Session) -> Option<pingora::protocols::Stream> {
+    session.downstream_session.as_http1()?;
+    let stand_in = L4Stream::from(VirtualSocketStream::new(Box::new(HandedOff)));
+    let stand_in = Box::new(ServerSession::new_http1(Box::new(stand_in)));
+    match *std::mem::replace(&mut session.downstream_session, stand_in) {
+        ServerSession::H1(h1) => Some(h1.into_inner()),
+        _ => None,
+    }
+}
+
+/// What Pingora's session holds once its client socket became a tunnel.
+#[derive(Debug)]
+struct HandedOff;
+
+impl VirtualSocket for HandedOff {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl tokio::io::AsyncRead for HandedOff {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for HandedOff {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 fn header_bytes(session: &Session) -> usize {
     session
         .req_header()
@@ -211,6 +422,7 @@ impl ProxyHttp for Proxy {
             tries: 0,
             reject: None,
             responded: None,
+            handed_off: None,
         }
     }
 
@@ -298,9 +510,7 @@ impl ProxyHttp for Proxy {
             }
         }
         if ctx.websocket {
-            // An idle WebSocket must not be cut by the downstream read timeout.
-            session.set_read_timeout(None);
-            session.set_write_timeout(Some(TUNNEL_WRITE_TIMEOUT));
+            return self.open_tunnel(session, ctx, &s, route).await;
         }
         Ok(false)
     }
@@ -332,34 +542,9 @@ impl ProxyHttp for Proxy {
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(route.config.connect_timeout);
-        if ctx.websocket {
-            let sid = ctx.claims.as_ref().map_or("", |a| a.claims.sid.as_str());
-            let ctl = self
-                .gate
-                .tunnels
-                .register(sid, &route.config.name, now_ms());
-            let gauge = self
-                .gate
-                .metrics
-                .websockets
-                .with_label_values(&[&route.config.name]);
-            peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(
-                &self.gate.tunnels,
-                ctl,
-                route.config.connect_timeout,
-                gauge,
-            )));
-            // Never pool or share a tunnel's connection: a unique group key means
-            // no other request can pick it up, and should an upstream refuse the
-            // upgrade with a plain response, the connection (and its registration)
-            // leaves the pool after a second.
-            peer.group_key = self.tunnel_keys.fetch_add(1, Ordering::Relaxed);
-            peer.options.idle_timeout = Some(Duration::from_secs(1));
-        } else {
-            peer.options.read_timeout = Some(route.config.timeout);
-            peer.options.write_timeout = Some(route.config.timeout);
-            peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-        }
+        peer.options.read_timeout = Some(route.config.timeout);
+        peer.options.write_timeout = Some(route.config.timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         Ok(Box::new(peer))
     }
 
@@ -397,72 +582,7 @@ impl ProxyHttp for Proxy {
         let Some(route) = ctx.route(&s) else {
             return Ok(());
         };
-        // Identity headers come only from the gate.
-        let forged: Vec<http::HeaderName> = up
-            .headers
-            .keys()
-            .filter(|n| s.identity.is_identity(n))
-            .cloned()
-            .collect();
-        for name in &forged {
-            up.remove_header(name);
-        }
-        // A ticket is the gate's credential, not the upstream's: an upstream
-        // holding one could replay it. The `Authorization` header goes when it
-        // carried the ticket; any other use of it passes through.
-        if ctx.claims.is_some() && ctx.ticket_from == Some(TicketFrom::Header) {
-            up.remove_header(&header::AUTHORIZATION);
-        }
-        // Ticket cookies never reach the upstream.
-        if cookie(&up.headers, &s.cookie_name).is_some() {
-            let rest = cookies_without(&up.headers, &s.cookie_name);
-            up.remove_header(&header::COOKIE);
-            if let Some(rest) = rest {
-                up.insert_header(header::COOKIE, rest)?;
-            }
-        }
-        // Path: normalized, prefix stripped, `ticket` query parameter removed.
-        let path = ctx.path.as_deref().unwrap_or(up.uri.path());
-        let query = up.uri.query();
-        let new_path = route.upstream_path(path);
-        let strip_query = query.is_some_and(|q| q.contains("ticket"));
-        if ctx.path.is_some() || route.config.strip_prefix || strip_query {
-            let query = if strip_query {
-                query.and_then(query_without_ticket)
-            } else {
-                query.map(str::to_owned)
-            };
-            let pq = match query {
-                Some(q) => format!("{new_path}?{q}"),
-                None => new_path.into_owned(),
-            };
-            let uri = http::Uri::builder()
-                .path_and_query(pq)
-                .build()
-                .map_err(|e| Error::because(ErrorType::InternalError, "rewriting uri", e))?;
-            up.set_uri(uri);
-        }
-        if let Some(a) = &ctx.claims {
-            for (k, v) in &a.headers {
-                up.insert_header(k.clone(), v.clone())?;
-            }
-        }
-        if let Some(ip) = client_ip(session) {
-            let xff = match up
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            up.insert_header("x-forwarded-for", xff)?;
-        }
-        up.insert_header("x-forwarded-proto", "http")?;
-        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
-            up.insert_header("x-forwarded-host", host)?;
-        }
-        Ok(())
+        rewrite_request(session, up, ctx, &s, route)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -536,8 +656,15 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .and_then(|s| ctx.route(s))
             .map_or("-", Route::name);
-        let req = session.req_header();
-        let path = ctx.path.as_deref().unwrap_or(req.uri.path());
+        // A handed-off session has no request left to look at.
+        let (method, path) = match &ctx.handed_off {
+            Some(m) => (m.as_str(), ctx.path.as_deref().unwrap_or("")),
+            None => {
+                let req = session.req_header();
+                let path = ctx.path.as_deref().unwrap_or(req.uri.path());
+                (req.method.as_str(), path)
+            }
+        };
         let route_label = if path == api::PREFIX || path.starts_with("/_session/") {
             "_session"
         } else {
@@ -552,7 +679,7 @@ impl ProxyHttp for Proxy {
         tracing::info!(
             target: "access",
             route = route_label,
-            method = %req.method,
+            method,
             path,
             status,
             sid,
@@ -561,6 +688,84 @@ impl ProxyHttp for Proxy {
             latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// The gate's changes to a request on its way upstream: forged identity
+/// headers, the ticket (cookie, `Authorization`, `?ticket=`) and the path
+/// rewritten; identity and `X-Forwarded-*` headers added.
+fn rewrite_request(
+    session: &Session,
+    up: &mut RequestHeader,
+    ctx: &Ctx,
+    s: &Settings,
+    route: &Route,
+) -> pingora::Result<()> {
+    // Identity headers come only from the gate.
+    let forged: Vec<http::HeaderName> = up
+        .headers
+        .keys()
+        .filter(|n| s.identity.is_identity(n))
+        .cloned()
+        .collect();
+    for name in &forged {
+        up.remove_header(name);
+    }
+    // A ticket is the gate's credential, not the upstream's: an upstream
+    // holding one could replay it. The `Authorization` header goes when it
+    // carried the ticket; any other use of it passes through.
+    if ctx.claims.is_some() && ctx.ticket_from == Some(TicketFrom::Header) {
+        up.remove_header(&header::AUTHORIZATION);
+    }
+    // Ticket cookies never reach the upstream.
+    if cookie(&up.headers, &s.cookie_name).is_some() {
+        let rest = cookies_without(&up.headers, &s.cookie_name);
+        up.remove_header(&header::COOKIE);
+        if let Some(rest) = rest {
+            up.insert_header(header::COOKIE, rest)?;
+        }
+    }
+    // Path: normalized, prefix stripped, `ticket` query parameter removed.
+    let path = ctx.path.as_deref().unwrap_or(up.uri.path());
+    let query = up.uri.query();
+    let new_path = route.upstream_path(path);
+    let strip_query = query.is_some_and(|q| q.contains("ticket"));
+    if ctx.path.is_some() || route.config.strip_prefix || strip_query {
+        let query = if strip_query {
+            query.and_then(query_without_ticket)
+        } else {
+            query.map(str::to_owned)
+        };
+        let pq = match query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path.into_owned(),
+        };
+        let uri = http::Uri::builder()
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewriting uri", e))?;
+        up.set_uri(uri);
+    }
+    if let Some(a) = &ctx.claims {
+        for (k, v) in &a.headers {
+            up.insert_header(k.clone(), v.clone())?;
+        }
+    }
+    if let Some(ip) = client_ip(session) {
+        let xff = match up
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        up.insert_header("x-forwarded-for", xff)?;
+    }
+    up.insert_header("x-forwarded-proto", "http")?;
+    if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+        up.insert_header("x-forwarded-host", host)?;
+    }
+    Ok(())
 }
 
 /// The status as a metric label, without allocating for the common ones.

@@ -1,42 +1,57 @@
-//! WebSocket tunnels that the gate can end from outside.
+//! WebSocket tunnels: the gate's own relay between a client and a gateway
+//! upstream, and the registry that lets the gate end them from outside.
 //!
-//! Pingora has no API to close an upgraded connection from another task, and
-//! no hook runs while a tunnel is idle. So a gateway route's upstream
-//! connection is made by our own L4 connector ([`TunnelConnector`]), which
-//! hands Pingora a [`TunnelSocket`]: the upstream `TcpStream` plus a control
-//! block registered under the session id. Pingora polls that socket's
-//! `poll_read` for the tunnel's whole life; ending the session wakes it, the
-//! socket finishes the upstream frame in flight, yields a Close frame (code
-//! 4401, reason `session <status>`) and then EOF, and Pingora's normal
-//! end-of-upstream path tears both sides down. The upstream gets a masked
-//! Close too.
+//! Once a gateway upstream answers a handshake with 101 ([`crate::handshake`]),
+//! the proxy glue takes the client socket out of Pingora and hands both
+//! sockets to a [`Relay`]; Pingora's task for the connection ends there. Two
+//! things follow from the gate owning the relay:
 //!
-//! The same control block records client activity, so the lifecycle sweeper
+//! - An idle tunnel costs two sockets and a small state machine, no buffers.
+//!   Bytes are read into a per-thread scratch buffer and written straight on;
+//!   only what a slow peer has not taken yet is kept, and that side's reading
+//!   pauses until it has.
+//! - Ending a session (or stopping the gate) wakes the relay through its
+//!   [`TunnelCtl`]: it lets the frame in flight each way finish, sends the
+//!   client a Close frame (4401, `session <status>`; 1001 on shutdown) and the
+//!   upstream a masked one, and closes both once they answer or after
+//!   [`LINGER`].
+//!
+//! The control block also records client activity, so the lifecycle sweeper
 //! can keep a chatting session from being `abandoned`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::task::AtomicWaker;
-use pingora::connectors::L4Connect;
-use pingora::protocols::l4::socket::SocketAddr as L4SocketAddr;
-use pingora::protocols::l4::stream::Stream;
-use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
+use crate::gate::{InFlight, now_ms};
 use crate::session::Status;
 
 /// Close code sent when the session ends (SPEC section 7).
 pub const CLOSE_SESSION_ENDED: u16 = 4401;
 /// Close code sent when the gate shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A peer that takes none of what the tunnel has for it this long is cut.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once one side has finished (or the gate sent its Close frames), how long
+/// the other may take to finish too.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Bytes moved per read; one buffer per thread, shared by every tunnel on it.
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
 
 /// One open tunnel's control block.
 pub struct TunnelCtl {
@@ -64,6 +79,22 @@ impl TunnelCtl {
     pub fn last_client_activity(&self) -> u64 {
         self.last_client_activity.load(Ordering::Relaxed)
     }
+
+    fn close_reason(&self) -> (u16, String) {
+        self.close
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .unwrap_or((CLOSE_SESSION_ENDED, "session ended".into()))
+    }
+}
+
+impl std::fmt::Debug for TunnelCtl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelCtl")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
 }
 
 type Registry = Arc<Mutex<HashMap<String, Vec<Arc<TunnelCtl>>>>>;
@@ -75,7 +106,9 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    pub fn register(&self, sid: &str, route: &str, now: u64) -> Arc<TunnelCtl> {
+    /// Registers a tunnel about to open. Register before the session's last
+    /// check, so a status change landing in between still reaches it.
+    pub fn register(&self, sid: &str, route: &str, now: u64) -> Registration {
         let ctl = Arc::new(TunnelCtl {
             sid: sid.to_owned(),
             route: route.to_owned(),
@@ -87,7 +120,11 @@ impl Tunnels {
         if let Ok(mut m) = self.map.lock() {
             m.entry(sid.to_owned()).or_default().push(Arc::clone(&ctl));
         }
-        ctl
+        Registration {
+            ctl,
+            registry: Arc::clone(&self.map),
+            open: None,
+        }
     }
 
     /// Ends every tunnel of a session that left `active`.
@@ -136,248 +173,330 @@ impl Tunnels {
             .map(|m| m.values().map(Vec::len).sum())
             .unwrap_or(0)
     }
-
-    fn handle(&self) -> Registry {
-        Arc::clone(&self.map)
-    }
 }
 
-/// Pingora L4 connector for one WebSocket handshake.
-#[derive(Debug)]
-pub struct TunnelConnector {
+/// A tunnel's place in the registry; dropping it unregisters the tunnel.
+pub struct Registration {
     ctl: Arc<TunnelCtl>,
     registry: Registry,
-    connect_timeout: Duration,
-    on_close: Option<prometheus::IntGauge>,
+    /// Set once the tunnel is open: the open-tunnels gauge it counts in, and
+    /// its share of the requests a graceful stop waits for.
+    open: Option<(prometheus::IntGauge, InFlight)>,
 }
 
-impl std::fmt::Debug for TunnelCtl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelCtl")
-            .field("route", &self.route)
-            .finish_non_exhaustive()
+impl Registration {
+    pub fn ctl(&self) -> &Arc<TunnelCtl> {
+        &self.ctl
+    }
+
+    /// Counts the tunnel as open (in `gauge` and as in flight) until it ends.
+    pub fn opened(&mut self, gauge: prometheus::IntGauge, in_flight: InFlight) {
+        gauge.inc();
+        self.open = Some((gauge, in_flight));
     }
 }
 
-impl TunnelConnector {
-    pub fn new(
-        tunnels: &Tunnels,
-        ctl: Arc<TunnelCtl>,
-        connect_timeout: Duration,
-        open_gauge: prometheus::IntGauge,
-    ) -> TunnelConnector {
-        TunnelConnector {
-            ctl,
-            registry: tunnels.handle(),
-            connect_timeout,
-            on_close: Some(open_gauge),
-        }
-    }
-}
-
-impl Drop for TunnelConnector {
+impl Drop for Registration {
     fn drop(&mut self) {
-        // A connector whose socket never got made still holds a registration.
-        if Arc::strong_count(&self.ctl) <= 2 {
-            unregister(&self.registry, &self.ctl);
+        if let Some((gauge, _)) = &self.open {
+            gauge.dec();
+        }
+        if let Ok(mut m) = self.registry.lock()
+            && let Some(v) = m.get_mut(&self.ctl.sid)
+        {
+            v.retain(|c| !Arc::ptr_eq(c, &self.ctl));
+            if v.is_empty() {
+                m.remove(&self.ctl.sid);
+            }
         }
     }
 }
 
-fn unregister(registry: &Registry, ctl: &Arc<TunnelCtl>) {
-    if let Ok(mut m) = registry.lock()
-        && let Some(v) = m.get_mut(&ctl.sid)
-    {
-        v.retain(|c| !Arc::ptr_eq(c, ctl));
-        if v.is_empty() {
-            m.remove(&ctl.sid);
-        }
-    }
+/// Relays one open tunnel until either side ends it or the gate does.
+/// Spawn it; it resolves when both sockets are done with.
+pub struct Relay<C> {
+    client: C,
+    upstream: TcpStream,
+    reg: Registration,
+    /// Upstream to client.
+    down: Flow,
+    /// Client to upstream.
+    up: Flow,
+    closing: bool,
+    /// Bounds a tunnel that is finishing: set once, never reset.
+    linger: Option<Pin<Box<Sleep>>>,
+    /// Runs while a peer is not taking bytes; pushed back on progress.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
-#[async_trait]
-impl L4Connect for TunnelConnector {
-    async fn connect(&self, addr: &L4SocketAddr) -> pingora::Result<Stream> {
-        use pingora::{Error, ErrorType};
-        let Some(inet) = addr.as_inet().copied() else {
-            return Error::e_explain(
-                ErrorType::ConnectError,
-                "tunnel upstream is not an inet address",
-            );
-        };
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(inet)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    ErrorType::ConnectRefused
+impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
+    /// `early` holds upstream bytes read past the 101 head: frames the upstream
+    /// sent at once, still owed to the client.
+    pub fn new(client: C, upstream: TcpStream, early: &[u8], reg: Registration) -> Relay<C> {
+        let mut down = Flow::default();
+        if !early.is_empty() {
+            down.frames.feed(early);
+            down.pending.extend_from_slice(early);
+        }
+        Relay {
+            client,
+            upstream,
+            reg,
+            down,
+            up: Flow::default(),
+            closing: false,
+            linger: None,
+            stall: None,
+        }
+    }
+
+    fn start_linger(&mut self) {
+        if self.linger.is_none() {
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+    }
+
+    /// Moves bytes both ways and steps the close; true once both sides are done.
+    fn drive(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        loop {
+            let mut again = false;
+            self.down
+                .pump(cx, &mut self.upstream, &mut self.client, self.closing, None)?;
+            let activity = &self.reg.ctl.last_client_activity;
+            self.up.pump(
+                cx,
+                &mut self.client,
+                &mut self.upstream,
+                self.closing,
+                Some(activity),
+            )?;
+            if self.closing {
+                // A Close goes out each way as soon as that way stands between frames.
+                let (code, reason) = if !self.down.close_sent || !self.up.close_sent {
+                    self.reg.ctl.close_reason()
                 } else {
-                    ErrorType::ConnectError
+                    (0, String::new())
                 };
-                return Err(Error::because(kind, format!("connecting to {inet}"), e));
+                if !self.down.close_sent && self.down.frames.at_boundary() {
+                    self.down
+                        .pending
+                        .extend_from_slice(&close_frame(code, &reason, None));
+                    self.down.close_sent = true;
+                    again = true;
+                }
+                if !self.up.close_sent && self.up.frames.at_boundary() {
+                    let mask = rand::random::<[u8; 4]>();
+                    self.up
+                        .pending
+                        .extend_from_slice(&close_frame(code, &reason, Some(mask)));
+                    self.up.close_sent = true;
+                    again = true;
+                }
             }
-            Err(_) => {
-                return Error::e_explain(
-                    ErrorType::ConnectTimedout,
-                    format!("connecting to {inet}"),
-                );
+            if self.down.ready_to_shut() && Pin::new(&mut self.client).poll_shutdown(cx).is_ready()
+            {
+                self.down.dst_shut = true;
+                self.start_linger();
+                again = true;
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        if let Some(g) = &self.on_close {
-            g.inc();
+            if self.up.ready_to_shut() && Pin::new(&mut self.upstream).poll_shutdown(cx).is_ready()
+            {
+                self.up.dst_shut = true;
+                self.start_linger();
+                again = true;
+            }
+            if self.down.finished() && self.up.finished() {
+                return Ok(true);
+            }
+            if !again {
+                return Ok(false);
+            }
         }
-        let socket = TunnelSocket {
-            tcp,
-            peer: inet,
-            ctl: Arc::clone(&self.ctl),
-            registry: Arc::clone(&self.registry),
-            frames: FrameTracker::default(),
-            pending: Vec::new(),
-            pending_at: 0,
-            done: false,
-            gauge: self.on_close.clone(),
-        };
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
     }
 }
 
-/// The upstream side of one tunnel, as Pingora sees it.
-#[derive(Debug)]
-pub struct TunnelSocket {
-    tcp: TcpStream,
-    peer: SocketAddr,
-    ctl: Arc<TunnelCtl>,
-    registry: Registry,
+impl<C: AsyncRead + AsyncWrite + Unpin> Future for Relay<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = self.get_mut();
+        me.reg.ctl.waker.register(cx.waker());
+        if !me.closing && me.reg.ctl.ending.load(Ordering::Acquire) {
+            me.closing = true;
+            tracing::debug!(sid = %me.reg.ctl.sid, route = %me.reg.ctl.route, "ending tunnel");
+            me.start_linger();
+        }
+        match me.drive(cx) {
+            Ok(true) => return Poll::Ready(()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(sid = %me.reg.ctl.sid, error = %e, "tunnel closed");
+                return Poll::Ready(());
+            }
+        }
+        if let Some(l) = &mut me.linger
+            && l.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
+        let blocked = me.down.blocked || me.up.blocked;
+        let moved = std::mem::take(&mut me.down.moved) | std::mem::take(&mut me.up.moved);
+        if !blocked {
+            me.stall = None;
+        } else {
+            let deadline = Instant::now() + WRITE_TIMEOUT;
+            let stall = me
+                .stall
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+            if moved {
+                stall.as_mut().reset(deadline);
+            }
+            if stall.as_mut().poll(cx).is_ready() {
+                tracing::debug!(sid = %me.reg.ctl.sid, "tunnel peer stopped reading");
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// One direction of a tunnel.
+#[derive(Debug, Default)]
+struct Flow {
     frames: FrameTracker,
-    /// Close frame still to hand to Pingora.
+    /// Bytes read but not yet taken by the destination.
     pending: Vec<u8>,
-    pending_at: usize,
-    done: bool,
-    gauge: Option<prometheus::IntGauge>,
+    at: usize,
+    /// The destination holds bytes not flushed yet.
+    dirty: bool,
+    /// The source sent EOF.
+    src_done: bool,
+    /// The gate queued its Close frame on this flow.
+    close_sent: bool,
+    /// The destination's write side is shut; the source is only drained.
+    dst_shut: bool,
+    /// The destination stopped taking bytes.
+    blocked: bool,
+    /// Bytes moved since the relay last looked.
+    moved: bool,
 }
 
-impl Drop for TunnelSocket {
-    fn drop(&mut self) {
-        unregister(&self.registry, &self.ctl);
-        if let Some(g) = &self.gauge {
-            g.dec();
-        }
+impl Flow {
+    fn ready_to_shut(&self) -> bool {
+        !self.dst_shut
+            && (self.src_done || self.close_sent)
+            && self.at >= self.pending.len()
+            && !self.dirty
     }
-}
 
-impl VirtualSocket for TunnelSocket {
-    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
-        match opt {
-            VirtualSockOpt::NoDelay => self.tcp.set_nodelay(true),
-            _ => Ok(()),
-        }
+    fn finished(&self) -> bool {
+        self.dst_shut && self.src_done
     }
-}
 
-impl TunnelSocket {
-    fn start_close(&mut self) {
-        let (code, reason) = self
-            .ctl
-            .close
-            .lock()
-            .ok()
-            .and_then(|c| c.clone())
-            .unwrap_or((CLOSE_SESSION_ENDED, "session ended".into()));
-        self.pending = close_frame(code, &reason, None);
-        self.pending_at = 0;
-        // Best effort: tell the upstream too (client frames are masked).
-        let masked = close_frame(code, &reason, Some(rand::random::<[u8; 4]>()));
-        let _ = self.tcp.try_write(&masked);
-        tracing::debug!(sid = %self.ctl.sid, upstream = %self.peer, code, %reason, "ending tunnel");
-    }
-}
-
-impl AsyncRead for TunnelSocket {
-    fn poll_read(
-        self: Pin<&mut Self>,
+    /// Moves bytes from `src` to `dst` until one of them would block. While
+    /// closing, reads stop at the end of the frame in flight; once `dst` is shut,
+    /// what `src` still sends is read and dropped.
+    fn pump<R, W>(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let me = self.get_mut();
-        if me.done {
-            return Poll::Ready(Ok(()));
-        }
-        if !me.pending.is_empty() {
-            let rest = &me.pending[me.pending_at..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            me.pending_at += n;
-            if me.pending_at >= me.pending.len() {
-                me.pending.clear();
-                me.done = true;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        me.ctl.waker.register(cx.waker());
-        let ending = me.ctl.ending.load(Ordering::Acquire);
-        if ending {
-            match me.frames.to_boundary() {
-                Boundary::NotUpgraded => {
-                    me.done = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Boundary::Here => {
-                    me.start_close();
-                    return Pin::new(me).poll_read(cx, buf);
-                }
-                Boundary::After(n) => {
-                    // Finish the frame in flight, and not a byte more.
-                    let limit = usize::try_from(n)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.remaining())
-                        .min(16 * 1024);
-                    let mut tmp = vec![0u8; limit];
-                    let mut sub = ReadBuf::new(&mut tmp);
-                    let res = Pin::new(&mut me.tcp).poll_read(cx, &mut sub);
-                    if let Poll::Ready(Ok(())) = &res {
-                        let got = sub.filled();
-                        if got.is_empty() {
-                            me.done = true;
-                            return Poll::Ready(Ok(()));
-                        }
-                        me.frames.feed(got);
-                        buf.put_slice(got);
+        src: &mut R,
+        dst: &mut W,
+        closing: bool,
+        activity: Option<&AtomicU64>,
+    ) -> io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.blocked = false;
+        loop {
+            while self.at < self.pending.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.at..]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => {
+                        self.at += n;
+                        self.dirty = true;
+                        self.moved = true;
                     }
-                    return res;
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => {
+                        self.blocked = true;
+                        return Ok(());
+                    }
+                }
+            }
+            if !self.pending.is_empty() {
+                // Give the memory back: an idle tunnel holds no buffer.
+                self.pending = Vec::new();
+                self.at = 0;
+            }
+            if self.dirty {
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.dirty = false,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => {
+                        self.blocked = true;
+                        return Ok(());
+                    }
+                }
+            }
+            if self.src_done {
+                return Ok(());
+            }
+            let limit = if self.dst_shut {
+                SCRATCH
+            } else if closing {
+                match self.frames.to_boundary() {
+                    // Nothing more goes this way after the gate's Close frame.
+                    _ if self.close_sent => return Ok(()),
+                    Boundary::Here => return Ok(()),
+                    Boundary::After(n) => usize::try_from(n).unwrap_or(SCRATCH).min(SCRATCH),
+                }
+            } else {
+                SCRATCH
+            };
+            let read = SCRATCH_BUF.with(|scratch| -> io::Result<Option<usize>> {
+                let mut scratch = scratch.borrow_mut();
+                let mut rb = ReadBuf::new(&mut scratch[..limit]);
+                match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                    Poll::Pending => Ok(None),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Ready(Ok(())) => {
+                        let data = rb.filled();
+                        if data.is_empty() || self.dst_shut {
+                            return Ok(Some(data.len()));
+                        }
+                        self.frames.feed(data);
+                        let mut off = 0;
+                        while off < data.len() {
+                            match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
+                                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                                Poll::Ready(Ok(n)) => {
+                                    off += n;
+                                    self.dirty = true;
+                                    self.moved = true;
+                                }
+                                Poll::Ready(Err(e)) => return Err(e),
+                                Poll::Pending => break,
+                            }
+                        }
+                        if off < data.len() {
+                            self.pending.extend_from_slice(&data[off..]);
+                        }
+                        Ok(Some(data.len()))
+                    }
+                }
+            })?;
+            match read {
+                None => return Ok(()),
+                Some(0) => self.src_done = true,
+                Some(_) => {
+                    if let Some(a) = activity {
+                        a.store(now_ms(), Ordering::Relaxed);
+                    }
                 }
             }
         }
-        let before = buf.filled().len();
-        let res = Pin::new(&mut me.tcp).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            let after = buf.filled().len();
-            me.frames.feed(&buf.filled()[before..after]);
-        }
-        res
-    }
-}
-
-impl AsyncWrite for TunnelSocket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let me = self.get_mut();
-        if me.frames.upgraded() {
-            me.ctl
-                .last_client_activity
-                .store(crate::gate::now_ms(), Ordering::Relaxed);
-        }
-        Pin::new(&mut me.tcp).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 
@@ -409,41 +528,30 @@ pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Boundary {
-    /// Still in the HTTP response head: no WebSocket yet.
-    NotUpgraded,
     /// Between frames.
     Here,
     /// This many bytes (at least) end the frame in flight.
     After(u64),
 }
 
-/// Follows the upstream-to-client byte stream: the HTTP response head, then
-/// WebSocket frame headers and payload lengths, so a Close can be inserted
-/// between frames and never inside one.
+/// Follows one direction's WebSocket frames (header, payload length), so a
+/// Close can be put between frames and never inside one.
 #[derive(Debug, Default)]
 struct FrameTracker {
-    /// Bytes of "\r\n\r\n" matched at the end of the head.
-    head_match: u8,
-    in_frames: bool,
-    /// The response status was not 101: a plain HTTP exchange.
-    not_upgrade: bool,
-    status_line: Vec<u8>,
     hdr: [u8; 14],
     hdr_len: usize,
     payload_left: u64,
 }
 
 impl FrameTracker {
-    fn upgraded(&self) -> bool {
-        self.in_frames
+    fn at_boundary(&self) -> bool {
+        self.to_boundary() == Boundary::Here
     }
 
     fn to_boundary(&self) -> Boundary {
-        if !self.in_frames {
-            return Boundary::NotUpgraded;
-        }
         if self.hdr_len > 0 {
-            return Boundary::After(1);
+            // The rest of the header; the payload length is known after it.
+            return Boundary::After((self.header_need() - self.hdr_len) as u64);
         }
         if self.payload_left > 0 {
             Boundary::After(self.payload_left)
@@ -456,8 +564,7 @@ impl FrameTracker {
         if self.hdr_len < 2 {
             return 2;
         }
-        let len7 = self.hdr[1] & 0x7f;
-        let ext = match len7 {
+        let ext = match self.hdr[1] & 0x7f {
             126 => 2,
             127 => 8,
             _ => 0,
@@ -468,32 +575,6 @@ impl FrameTracker {
 
     fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            if self.not_upgrade {
-                return;
-            }
-            if !self.in_frames {
-                let b = data[0];
-                data = &data[1..];
-                if self.status_line.len() < 12 {
-                    self.status_line.push(b);
-                    if self.status_line.len() == 12 && &self.status_line[9..12] != b"101" {
-                        self.not_upgrade = true;
-                        return;
-                    }
-                }
-                let want = b"\r\n\r\n"[self.head_match as usize];
-                self.head_match = if b == want {
-                    self.head_match + 1
-                } else if b == b'\r' {
-                    1
-                } else {
-                    0
-                };
-                if self.head_match == 4 {
-                    self.in_frames = true;
-                }
-                continue;
-            }
             if self.payload_left > 0 {
                 let take = (data.len() as u64).min(self.payload_left);
                 self.payload_left -= take;
@@ -504,8 +585,7 @@ impl FrameTracker {
             self.hdr_len += 1;
             data = &data[1..];
             if self.hdr_len == self.header_need() {
-                let len7 = self.hdr[1] & 0x7f;
-                self.payload_left = match len7 {
+                self.payload_left = match self.hdr[1] & 0x7f {
                     126 => u64::from(u16::from_be_bytes([self.hdr[2], self.hdr[3]])),
                     127 => {
                         let mut b = [0u8; 8];
@@ -524,20 +604,17 @@ impl FrameTracker {
 mod tests {
     use super::*;
 
-    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
-
     #[test]
-    fn head_then_boundary() {
+    fn small_frames_leave_a_boundary() {
         let mut t = FrameTracker::default();
-        assert_eq!(t.to_boundary(), Boundary::NotUpgraded);
-        t.feed(HEAD);
-        assert_eq!(t.to_boundary(), Boundary::Here);
+        assert!(t.at_boundary());
+        t.feed(&[0x81, 0x02, b'h', b'i', 0x81, 0x00]);
+        assert!(t.at_boundary());
     }
 
     #[test]
     fn mid_frame_waits_for_payload_end() {
         let mut t = FrameTracker::default();
-        t.feed(HEAD);
         t.feed(&[0x82, 126, 0x01, 0x00]); // 256-byte binary frame
         assert_eq!(t.to_boundary(), Boundary::After(256));
         t.feed(&[0u8; 200]);
@@ -549,18 +626,23 @@ mod tests {
     #[test]
     fn split_header_is_mid_frame() {
         let mut t = FrameTracker::default();
-        t.feed(HEAD);
         t.feed(&[0x82]);
         assert_eq!(t.to_boundary(), Boundary::After(1));
-        t.feed(&[127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        t.feed(&[127, 0, 0, 0, 0]);
+        assert_eq!(t.to_boundary(), Boundary::After(4));
+        t.feed(&[0, 1, 0, 0]);
         assert_eq!(t.to_boundary(), Boundary::After(65536));
     }
 
     #[test]
-    fn non_101_response_is_not_a_tunnel() {
+    fn masked_client_frames_count_the_mask() {
         let mut t = FrameTracker::default();
-        t.feed(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n");
-        assert_eq!(t.to_boundary(), Boundary::NotUpgraded);
+        t.feed(&[0x81, 0x80 | 3, 1, 2, 3]);
+        assert_eq!(t.to_boundary(), Boundary::After(1));
+        t.feed(&[4, b'a', b'b']);
+        assert_eq!(t.to_boundary(), Boundary::After(1));
+        t.feed(b"c");
+        assert!(t.at_boundary());
     }
 
     #[test]
@@ -573,5 +655,53 @@ mod tests {
         let m = close_frame(4401, "x", Some([1, 2, 3, 4]));
         assert_eq!(m[1], 0x80 | 3);
         assert_eq!(m.len(), 2 + 4 + 3);
+    }
+
+    /// A relay over in-process pipes: frames pass, and ending the tunnel
+    /// mid-frame lets the frame finish before the Close.
+    #[tokio::test]
+    async fn ending_mid_frame_finishes_the_frame_then_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up_gate, up_server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (up_gate, (mut up_server, _)) = (up_gate.unwrap(), up_server.unwrap());
+        let (client_gate, mut client) = tokio::io::duplex(64 * 1024);
+        let tunnels = Tunnels::default();
+        let reg = tunnels.register("s1", "chat", 0);
+        let ctl = Arc::clone(reg.ctl());
+        let relay = tokio::spawn(Relay::new(client_gate, up_gate, &[0x81, 0x01, b'a'], reg));
+
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x81, 0x01, b'a']);
+        // Half of a 4-byte frame, then the end of the session.
+        up_server.write_all(&[0x82, 0x04, 1, 2]).await.unwrap();
+        let mut half = [0u8; 4];
+        client.read_exact(&mut half).await.unwrap();
+        ctl.end(CLOSE_SESSION_ENDED, "session revoked".into());
+        up_server
+            .write_all(&[3, 4, 0x81, 0x01, b'z'])
+            .await
+            .unwrap();
+        let mut rest = [0u8; 2];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, [3, 4]);
+        let mut close = vec![0u8; 4 + "session revoked".len()];
+        client.read_exact(&mut close).await.unwrap();
+        assert_eq!(close, close_frame(4401, "session revoked", None));
+        // Nothing after the Close: the frame that followed is dropped.
+        let mut tail = Vec::new();
+        client.read_to_end(&mut tail).await.unwrap();
+        assert!(tail.is_empty(), "{tail:?}");
+        // The upstream got a masked Close and then EOF.
+        let mut up_got = Vec::new();
+        up_server.read_to_end(&mut up_got).await.unwrap();
+        assert_eq!(up_got[0], 0x88);
+        assert_eq!(up_got[1], 0x80 | (2 + "session revoked".len() as u8));
+        drop(client);
+        drop(up_server);
+        relay.await.unwrap();
+        assert_eq!(tunnels.count(), 0);
     }
 }

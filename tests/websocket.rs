@@ -392,3 +392,162 @@ async fn an_upstream_refusing_the_upgrade_leaves_no_tunnel_behind() {
         "the refused handshake's upstream connection lingers"
     );
 }
+
+/// A WebSocket upstream that answers each handshake, then sends the request
+/// line and headers it received as its first message.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+async fn header_reporting_upstream() -> Upstream {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    Upstream::custom(|s| async move {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+        let record = std::sync::Arc::clone(&seen);
+        let cb = move |req: &Request, resp: Response| {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        serde_json::Value::from(v.to_str().unwrap_or("?")),
+                    )
+                })
+                .collect();
+            *record.lock().unwrap() =
+                serde_json::json!({"uri": req.uri().to_string(), "headers": headers});
+            Ok(resp)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+            return;
+        };
+        let report = seen.lock().unwrap().to_string();
+        let _ = ws.send(Message::Text(report)).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_handshake_carries_identity_and_never_the_ticket() {
+    let redis = Redis::spawn().await;
+    let up = header_reporting_upstream().await;
+    let routes = format!(
+        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n    strip_prefix: true\n",
+        up.addr
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let (ticket, login) = gate.login("alice", "wonderland").await;
+    let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
+    let url = format!(
+        "ws://{}/gateway/chat/room?ticket={ticket}&lang=en",
+        gate.addr
+    );
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in [
+        ("x-session-id", "forged".to_owned()),
+        ("x-session-var-tier", "platinum".to_owned()),
+        ("connection", "Upgrade, X-Private".to_owned()),
+        ("x-private", "secret".to_owned()),
+        ("cookie", format!("theme=dark; sg_ticket={ticket}")),
+    ] {
+        req.headers_mut().insert(k, v.parse().unwrap());
+    }
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let Some(Ok(Message::Text(report))) = ws.next().await else {
+        panic!("no report from the upstream");
+    };
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let h = &report["headers"];
+    assert_eq!(report["uri"], "/room?lang=en", "{report}");
+    assert_eq!(h["x-session-id"], sid.as_str(), "{report}");
+    assert_eq!(h["x-session-user"], "u-alice");
+    assert_eq!(h["x-session-roles"], "player");
+    assert_eq!(h["x-session-var-tier"], "gold");
+    assert_eq!(h["cookie"], "theme=dark");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "Upgrade");
+    assert!(h.get("x-private").is_none(), "{report}");
+    assert!(
+        !report.to_string().contains(&ticket),
+        "ticket reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_answer_502_or_504_and_a_live_upstream_is_tried_next() {
+    let redis = Redis::spawn().await;
+    let hang = Upstream::hanging().await;
+    let ws = Upstream::ws().await;
+    let dead = free_port();
+    let chunked = Upstream::custom(|mut s| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = s.read(&mut buf).await
+            && n > 0
+        {
+            let _ = s
+                .write_all(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\nX-Reason: test\r\n\r\n2\r\nno\r\n2\r\npe\r\n0\r\n\r\n")
+                .await;
+        }
+        let _ = s.read(&mut buf).await;
+    })
+    .await;
+    let route = |name: &str, ups: String| {
+        format!(
+            "  - name: {name}\n    kind: gateway\n    path: /{name}\n    upstreams: [{ups}]\n    auth: required\n    timeout: 500ms\n"
+        )
+    };
+    let routes = [
+        route("dead", format!("\"127.0.0.1:{dead}\"")),
+        route("slow", format!("\"{}\"", hang.addr)),
+        route("retry", format!("\"127.0.0.1:{dead}\", \"{}\"", ws.addr)),
+        route("refusing", format!("\"{}\"", chunked.addr)),
+    ]
+    .concat();
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let open = |path: &'static str| {
+        let url = format!("ws://{}/{path}?ticket={ticket}", gate.addr);
+        async move {
+            tokio_tungstenite::connect_async(url)
+                .await
+                .map(|(ws, _)| ws)
+        }
+    };
+    let (status, body) = http_status(refused(open("dead").await, "dead upstream"));
+    assert_eq!(status, 502);
+    assert!(body.contains("upstream_unavailable"), "{body}");
+    let started = Instant::now();
+    let (status, body) = http_status(refused(open("slow").await, "hanging upstream"));
+    assert_eq!(status, 504);
+    assert!(body.contains("upstream_timeout"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Every attempt on `retry` opens, whichever upstream round robin starts on.
+    for _ in 0..3 {
+        let mut ws = open("retry")
+            .await
+            .expect("retry opens on the live upstream");
+        ws.send(Message::Text("hi".into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Text("hi".into())
+        );
+    }
+    match open("refusing").await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            assert_eq!(resp.headers()["x-reason"], "test");
+            assert_eq!(resp.body().as_deref(), Some(&b"nope"[..]));
+        }
+        other => panic!("expected the upstream's 401, got {other:?}"),
+    }
+    let m = gate.admin_req("GET", "/metrics").await.text();
+    for line in [
+        r#"sessiongate_upstream_errors_total{kind="upstream_unavailable",route="dead"} 1"#,
+        r#"sessiongate_upstream_errors_total{kind="upstream_timeout",route="slow"} 1"#,
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line} in\n{m}");
+    }
+}
