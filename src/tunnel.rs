@@ -657,15 +657,20 @@ mod tests {
         assert_eq!(m.len(), 2 + 4 + 3);
     }
 
-    /// A relay over in-process pipes: frames pass, and ending the tunnel
-    /// mid-frame lets the frame finish before the Close.
+    /// The gate's and the upstream's ends of one loopback connection.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gate, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (gate.unwrap(), server.unwrap().0)
+    }
+
+    /// A relay between a loopback upstream and an in-process client: frames
+    /// pass, and ending the tunnel mid-frame lets the frame finish before the Close.
     #[tokio::test]
     async fn ending_mid_frame_finishes_the_frame_then_closes() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (up_gate, up_server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (up_gate, (mut up_server, _)) = (up_gate.unwrap(), up_server.unwrap());
+        let (up_gate, mut up_server) = tcp_pair().await;
         let (client_gate, mut client) = tokio::io::duplex(64 * 1024);
         let tunnels = Tunnels::default();
         let reg = tunnels.register("s1", "chat", 0);
@@ -703,5 +708,62 @@ mod tests {
         drop(up_server);
         relay.await.unwrap();
         assert_eq!(tunnels.count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (up_gate, mut up_server) = tcp_pair().await;
+        let (client_gate, _client) = tokio::io::duplex(1024);
+        let tunnels = Tunnels::default();
+        let relay = tokio::spawn(Relay::new(
+            client_gate,
+            up_gate,
+            &[],
+            tunnels.register("s1", "chat", 0),
+        ));
+        // Far more than the client side holds; the client reads none of it.
+        let flood = tokio::spawn(async move {
+            let chunk = vec![0u8; 64 * 1024];
+            while up_server.write_all(&chunk).await.is_ok() {}
+        });
+        let started = Instant::now();
+        relay.await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= WRITE_TIMEOUT && waited < WRITE_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        assert_eq!(tunnels.count(), 0);
+        flood.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_leaves_ends_the_tunnel_within_the_linger() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (up_gate, mut up_server) = tcp_pair().await;
+        let (client_gate, mut client) = tokio::io::duplex(1024);
+        let tunnels = Tunnels::default();
+        let relay = tokio::spawn(Relay::new(
+            client_gate,
+            up_gate,
+            &[],
+            tunnels.register("s1", "chat", 0),
+        ));
+        up_server
+            .write_all(&[0x81, 0x02, b'o', b'k'])
+            .await
+            .unwrap();
+        drop(up_server);
+        // The client gets what was sent, then EOF.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [0x81, 0x02, b'o', b'k']);
+        // A client that never closes its side holds the tunnel no longer than LINGER.
+        let started = Instant::now();
+        relay.await.unwrap();
+        assert!(started.elapsed() <= LINGER, "{:?}", started.elapsed());
+        assert_eq!(tunnels.count(), 0);
+        drop(client);
     }
 }
