@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # make bench: the release gate against its own upstream, on loopback, in one run.
 #
-#   benches/bench.sh [--duration 10s] [--warmup 2s] [--connections 64] [--threads 2] [--ws N]
+#   benches/bench.sh [--duration 5s] [--warmup 1s] [--rounds 3] [--connections 64] [--threads 2] [--ws N]
 #
-# Starts a private redis-server, `sessiongate echo` (the upstream) and the release gate, each
-# on a free 127.0.0.1 port, with deploy/loadtest/sessiongate.yaml (threads: 1, touch_interval
-# 30s, a public route and a ticket-checked route to the same upstream). Logs in a few users,
-# then runs wrk against, in turn: the upstream directly, the gate's public route, the gate's
-# ticket route; prints requests/s, p50/p99 latency, the gate's peak RSS and the ratios.
+# Starts a private redis-server, `sessiongate echo` (the upstream) and two release gates, each
+# on free 127.0.0.1 ports, with deploy/loadtest/sessiongate.yaml (threads: 1, touch_interval
+# 30s, a public route and a ticket-checked route to the same upstream): one with the liveness
+# cache on (store.cache 1s), one with it off (0s). Logs in a few users, then runs wrk against,
+# in turn: the upstream directly, the gate's public route, its ticket route, and the ticket
+# route of the gate without cache. The four targets are measured in interleaved rounds, so a
+# noisy moment on a shared machine hits them all alike; it prints each round's ratios and the
+# median of the rounds: requests/s, p50/p99 latency, the gate's peak RSS.
 #
 # --ws N then restarts the gate and holds N idle authenticated WebSockets through it (two
 # ws_load client processes), and reports the gate's RSS per connection. The gate holds two
@@ -23,8 +26,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-duration=10s
-warmup=2s
+duration=5s
+warmup=1s
+rounds=3
 connections=64
 threads=2
 ws=0
@@ -33,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
     --duration) duration=$2 ;;
     --warmup) warmup=$2 ;;
+    --rounds) rounds=$2 ;;
     --connections) connections=$2 ;;
     --threads) threads=$2 ;;
     --ws) ws=$2 ;;
@@ -89,10 +94,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Five distinct free loopback ports, all bound at once so none is handed out twice.
-read -r p_redis p_http p_ws p_gate p_admin < <(python3 -c '
+# Seven distinct free loopback ports, all bound at once so none is handed out twice.
+read -r p_redis p_http p_ws p_gate p_admin p_gate0 p_admin0 < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -136,6 +141,12 @@ stop_gate() {
     gate_pid=
 }
 start_gate
+# The same gate with the liveness cache off: one Redis round trip (EVALSHA) per request.
+LT_STORE_CACHE=0s LT_LISTEN="127.0.0.1:$p_gate0" LT_ADMIN="127.0.0.1:$p_admin0" \
+    "$bin" run -c deploy/loadtest/sessiongate.yaml >>"$work/gate-nocache.log" 2>&1 &
+nocache_pid=$!
+pids+=("$nocache_pid")
+wait_for "gate (no cache)" curl -sf "http://127.0.0.1:$p_admin0/readyz"
 
 GATE_URL="http://127.0.0.1:$p_gate" deploy/loadtest/login_users.sh "$users" "$work/tickets.txt" >"$work/login.txt"
 ticket=$(head -n1 "$work/tickets.txt")
@@ -144,9 +155,10 @@ auth="Authorization: Bearer $ticket"
 direct_url="http://127.0.0.1:$p_http/hello"
 public_url="http://127.0.0.1:$p_gate/public/hello"
 ticket_url="http://127.0.0.1:$p_gate/controller/echo/hello"
+nocache_url="http://127.0.0.1:$p_gate0/controller/echo/hello"
 
 # Each route must answer 200 before it is timed: a fast stream of 401s would look like a win.
-for url in "$direct_url" "$public_url" "$ticket_url"; do
+for url in "$direct_url" "$public_url" "$nocache_url" "$ticket_url"; do
     code=$(curl -s -o "$work/probe.json" -w '%{http_code}' -H "$auth" "$url")
     [[ $code == 200 ]] || die "$url answered $code: $(head -c 300 "$work/probe.json")"
 done
@@ -156,61 +168,74 @@ redis_commands() { redis-cli -p "$p_redis" info stats | awk -F: '/^total_command
 kib() { awk "/^$2:/ { print \$2 }" "/proc/$1/status"; }
 
 declare -A rps p50 p99 rss cmds
-# One measured wrk run, after a warm-up that fills the gate's upstream pool and session cache.
-# The same Authorization header goes to all three targets so wrk's work is identical.
+# One measured wrk run of target $1 in round $3, after a warm-up that fills the gate's upstream
+# pool and session cache. The same Authorization header goes to every target so wrk's work is
+# identical.
 measure() {
-    local name=$1 url=$2 line kv c0 c1
+    local name=$1 url=$2 round=$3 pid=$4 line kv c0 c1
     wrk -t"$threads" -c"$connections" -d"$warmup" -H "$auth" "$url" >/dev/null
-    if [[ $name != direct ]]; then
+    if [[ -n $pid ]]; then
         # Resets VmHWM to the current RSS, so the peak is this run's own (Linux >= 4.0).
-        echo 5 >"/proc/$gate_pid/clear_refs" 2>/dev/null || true
+        echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
     fi
     c0=$(redis_commands)
     wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "$auth" \
-        -s deploy/loadtest/summary.lua "$url" >"$work/wrk-$name.txt"
+        -s deploy/loadtest/summary.lua "$url" >"$work/wrk-$name-$round.txt"
     c1=$(redis_commands)
-    line=$(grep '^SUMMARY ' "$work/wrk-$name.txt") || die "wrk printed no summary for $name"
+    line=$(grep '^SUMMARY ' "$work/wrk-$name-$round.txt") || die "wrk printed no summary for $name"
     declare -A s=()
     for kv in ${line#SUMMARY }; do
         s[${kv%%=*}]=${kv#*=}
     done
     local errors=$((s[err_connect] + s[err_read] + s[err_write] + s[err_timeout] + s[err_status]))
-    ((errors == 0)) || die "$name: $errors failed requests (see $work/wrk-$name.txt)"
-    rps[$name]=${s[rps]}
-    p50[$name]=${s[p50_us]}
-    p99[$name]=${s[p99_us]}
+    ((errors == 0)) || die "$name: $errors failed requests (see $work/wrk-$name-$round.txt)"
+    rps[$name,$round]=${s[rps]}
+    p50[$name,$round]=${s[p50_us]}
+    p99[$name,$round]=${s[p99_us]}
     # The INFO call itself counts one command.
-    cmds[$name]=$(awk -v d="$((c1 - c0 - 1))" -v n="${s[requests]}" 'BEGIN { printf "%.4f", d / n }')
-    if [[ $name == direct ]]; then
-        rss[$name]=-
+    cmds[$name,$round]=$(awk -v d="$((c1 - c0 - 1))" -v n="${s[requests]}" 'BEGIN { printf "%.4f", d / n }')
+    if [[ -n $pid ]]; then
+        rss[$name,$round]=$(kib "$pid" VmHWM)
     else
-        rss[$name]=$(awk -v k="$(kib "$gate_pid" VmHWM)" 'BEGIN { printf "%.1f MiB", k / 1024 }')
+        rss[$name,$round]=0
     fi
 }
-
-measure direct "$direct_url"
-measure public "$public_url"
-measure ticket "$ticket_url"
-# The same route with the liveness cache off: one Redis round trip (EVALSHA) per request.
-stop_gate
-LT_STORE_CACHE=0s start_gate
-measure nocache "$ticket_url"
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v < t); print (ok ? "met" : "MISSED") }'; }
-
-ticket_public=$(ratio "${rps[ticket]}" "${rps[public]}")
-nocache_public=$(ratio "${rps[nocache]}" "${rps[public]}")
-public_direct=$(ratio "${rps[public]}" "${rps[direct]}")
-added_p99=$(awk -v a="${p99[ticket]}" -v b="${p99[direct]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+# The median of its arguments (the lower middle one for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# The median over the rounds of one figure of one target: median_of rps ticket
+median_of() {
+    local -n table=$1
+    local vals=() r
+    for ((r = 1; r <= rounds; r++)); do vals+=("${table[$2,$r]}"); done
+    median "${vals[@]}"
+}
 
 echo
 echo "sessiongate bench  $(date -u +%Y-%m-%dT%H:%MZ)  $(git rev-parse --short HEAD 2>/dev/null || echo '?')  $(nproc) cores"
-echo "wrk $threads threads, $connections connections, $duration per target after a $warmup warm-up; loopback"
+echo "wrk $threads threads, $connections connections, $duration per target after a $warmup warm-up, $rounds interleaved rounds; loopback"
 echo "gate: release build, threads: 1, touch_interval 30s; ticket route with the liveness cache on (store.cache 1s,"
 echo "pub/sub invalidation) and off (store.cache 0s: one Redis round trip per request)"
 echo
+printf '%-6s %10s %10s %10s %10s %14s %14s %16s\n' round direct public ticket nocache ticket/public nocache/public "p99 added (ms)"
+ratios_tp=() ratios_np=() added=()
+for ((r = 1; r <= rounds; r++)); do
+    measure direct "$direct_url" "$r" ""
+    measure public "$public_url" "$r" "$gate_pid"
+    measure ticket "$ticket_url" "$r" "$gate_pid"
+    measure nocache "$nocache_url" "$r" "$nocache_pid"
+    ratios_tp+=("$(ratio "${rps[ticket,$r]}" "${rps[public,$r]}")")
+    ratios_np+=("$(ratio "${rps[nocache,$r]}" "${rps[public,$r]}")")
+    added+=("$(awk -v a="${p99[ticket,$r]}" -v b="${p99[direct,$r]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')")
+    printf '%-6s %10.0f %10.0f %10.0f %10.0f %14s %14s %16s\n' "$r" "${rps[direct,$r]}" "${rps[public,$r]}" \
+        "${rps[ticket,$r]}" "${rps[nocache,$r]}" "${ratios_tp[-1]}" "${ratios_np[-1]}" "${added[-1]}"
+done
+
+echo
+echo "median of $rounds rounds"
 printf '%-22s %12s %11s %11s %16s %12s\n' target requests/s p50 p99 "gate peak RSS" "redis cmd/req"
 for name in direct public ticket nocache; do
     case $name in
@@ -219,14 +244,20 @@ for name in direct public ticket nocache; do
     ticket) label="gate, ticket route" ;;
     nocache) label="gate, ticket, no cache" ;;
     esac
-    printf '%-22s %12s %11s %11s %16s %12s\n' "$label" "${rps[$name]}" "$(ms "${p50[$name]}")" \
-        "$(ms "${p99[$name]}")" "${rss[$name]}" "${cmds[$name]}"
+    peak=-
+    [[ $name == direct ]] || peak=$(awk -v k="$(median_of rss "$name")" 'BEGIN { printf "%.1f MiB", k / 1024 }')
+    printf '%-22s %12s %11s %11s %16s %12s\n' "$label" "$(median_of rps "$name")" "$(ms "$(median_of p50 "$name")")" \
+        "$(ms "$(median_of p99 "$name")")" "$peak" "$(median_of cmds "$name")"
 done
+ticket_public=$(median "${ratios_tp[@]}")
+nocache_public=$(median "${ratios_np[@]}")
+public_direct=$(ratio "$(median_of rps public)" "$(median_of rps direct)")
+added_p99=$(median "${added[@]}")
 echo
-printf '%-36s %s\n' "ticket / public throughput" "$ticket_public   (target >= 0.85: $(verdict "$ticket_public" 0.85 '>='))"
-printf '%-36s %s\n' "ticket (no cache) / public throughput" "$nocache_public   (target >= 0.85: $(verdict "$nocache_public" 0.85 '>='))"
-printf '%-36s %s\n' "public / direct throughput" "$public_direct"
-printf '%-36s %s\n' "p99 added latency (ticket - direct)" "$added_p99 ms   (target < 1 ms: $(verdict "$added_p99" 1 '<'))"
+printf '%-38s %s\n' "ticket / public throughput" "$ticket_public   (median of rounds; target >= 0.85: $(verdict "$ticket_public" 0.85 '>='))"
+printf '%-38s %s\n' "ticket (no cache) / public throughput" "$nocache_public   (median of rounds; target >= 0.85: $(verdict "$nocache_public" 0.85 '>='))"
+printf '%-38s %s\n' "public / direct throughput" "$public_direct"
+printf '%-38s %s\n' "p99 added latency (ticket - direct)" "$added_p99 ms   (median of rounds; target < 1 ms: $(verdict "$added_p99" 1 '<'))"
 
 if ((ws > 0)); then
     # A fresh gate, so the figure is the WebSockets' own and not the HTTP runs' leftovers.
