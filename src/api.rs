@@ -223,7 +223,7 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
     let now = now_ms();
     let max_expire_at = now.saturating_add(s.max_lifetime_ms());
     let session = Session {
-        id: new_session_id(),
+        id: new_session_id(&ident.id),
         user_id: ident.id.clone(),
         name: ident.name.clone(),
         roles: ident.roles.clone(),

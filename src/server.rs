@@ -56,14 +56,14 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
         StoreKind::Redis => {
             let (prefix, timeout) = (&cfg.store.key_prefix, cfg.store.timeout);
-            let r = match (&cfg.store.url, &cfg.store.sentinel) {
-                (Some(url), _) => RedisStore::new(url, prefix, timeout),
-                (None, Some(s)) => RedisStore::with_sentinel(&s.nodes, &s.master, prefix, timeout),
-                (None, None) => {
-                    return Err(StartError::Store(
-                        "store.cluster is not supported yet: use store.url or store.sentinel"
-                            .into(),
-                    ));
+            let r = match (&cfg.store.url, &cfg.store.sentinel, &cfg.store.cluster) {
+                (Some(url), _, _) => RedisStore::new(url, prefix, timeout),
+                (None, Some(s), _) => {
+                    RedisStore::with_sentinel(&s.nodes, &s.master, prefix, timeout)
+                }
+                (None, None, Some(nodes)) => RedisStore::with_cluster(nodes, prefix, timeout),
+                (None, None, None) => {
+                    return Err(StartError::Store("store: no Redis to connect to".into()));
                 }
             }
             .map_err(|e| StartError::Store(e.to_string()))?;

@@ -9,6 +9,34 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// Length of a session id the gate mints: 24 random characters, then the
+/// owner's [`user_tag`] (all base64url).
+pub const SID_LEN: usize = 32;
+/// Length of a [`user_tag`].
+pub const TAG_LEN: usize = 8;
+
+/// A short, stable tag of a user id: 48 bits of its SHA-256, base64url.
+///
+/// Every session id ends with its owner's tag, so a store can place a session
+/// beside its user's other sessions knowing only the session id (Redis
+/// Cluster keys one user's records to one slot with it).
+pub fn user_tag(user_id: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(user_id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..6])
+}
+
+/// The owner's tag a session id carries; an id the gate did not mint
+/// (another length, or not ASCII) is its own tag.
+pub fn sid_tag(sid: &str) -> &str {
+    if sid.len() == SID_LEN && sid.is_ascii() {
+        &sid[SID_LEN - TAG_LEN..]
+    } else {
+        sid
+    }
+}
+
 /// Where a session stands. Only `Active` admits requests, and no status ever
 /// returns to `Active`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -313,5 +341,21 @@ mod tests {
     fn rfc3339_formats_millis_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn a_minted_id_carries_its_owners_tag() {
+        let tag = user_tag("u-alice");
+        assert_eq!(tag.len(), TAG_LEN);
+        assert_eq!(tag, user_tag("u-alice"), "stable");
+        assert_ne!(tag, user_tag("u-bob"));
+        assert!(
+            tag.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        let sid = format!("{}{tag}", "x".repeat(SID_LEN - TAG_LEN));
+        assert_eq!(sid_tag(&sid), tag);
+        assert_eq!(sid_tag("short"), "short");
+        assert_eq!(sid_tag(&"é".repeat(16)), "é".repeat(16));
     }
 }

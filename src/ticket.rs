@@ -341,12 +341,15 @@ pub fn decode_unverified(ticket: &str) -> Result<(Header, serde_json::Value), Ti
     Ok((header, claims))
 }
 
-/// Fresh session id: 192 random bits from the thread-local CSPRNG (seeded from the OS),
-/// base64url without padding (32 characters).
-pub fn new_session_id() -> String {
-    let mut bytes = [0u8; 24];
+/// Fresh session id for `user_id`'s session: 144 random bits from the thread-local
+/// CSPRNG (seeded from the OS), base64url without padding (24 characters), then the
+/// owner's [`crate::session::user_tag`] (8 more): 32 characters in all.
+pub fn new_session_id(user_id: &str) -> String {
+    let mut bytes = [0u8; 18];
     rand::thread_rng().fill_bytes(&mut bytes);
-    B64.encode(bytes)
+    let mut sid = B64.encode(bytes);
+    sid.push_str(&crate::session::user_tag(user_id));
+    sid
 }
 
 /// 32 random bytes from the OS, base64url without padding (for `sessiongate keygen`).
@@ -438,7 +441,7 @@ mod tests {
     fn claims() -> Claims {
         Claims {
             iss: ISSUER.to_owned(),
-            sid: new_session_id(),
+            sid: new_session_id("u-alice"),
             sub: "u-alice".to_owned(),
             name: "Alice".to_owned(),
             roles: vec!["player".to_owned()],
@@ -861,10 +864,16 @@ mod tests {
 
     #[test]
     fn session_ids_and_secrets() {
-        let a = new_session_id();
-        let b = new_session_id();
+        let a = new_session_id("u-alice");
+        let b = new_session_id("u-alice");
         assert_ne!(a, b);
-        assert!(B64.decode(&a).unwrap().len() * 8 >= 128);
+        assert_eq!(a.len(), crate::session::SID_LEN);
+        // 144 random bits before the owner's tag.
+        assert!(B64.decode(&a[..24]).unwrap().len() * 8 >= 128);
+        assert_eq!(
+            crate::session::sid_tag(&a),
+            crate::session::user_tag("u-alice")
+        );
         assert!(
             a.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')

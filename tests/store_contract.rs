@@ -860,7 +860,7 @@ async fn redis_removed_sessions_expire_with_their_ticket() {
         .await
         .unwrap();
     let ttl: i64 = ::redis::cmd("PTTL")
-        .arg("sg:s:rm-ttl")
+        .arg("sg:s:{rm-ttl}:rm-ttl")
         .query_async(&mut con)
         .await
         .unwrap();

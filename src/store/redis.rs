@@ -1,19 +1,26 @@
 //! Redis session store, shared by every gate node.
 //!
-//! Layout under `key_prefix` (default `sg:`):
-//! - `sg:s:<sid>`: one hash per session (status, timestamps in ms, identity);
-//! - `sg:u:<userId>`: a sorted set of the user's session ids by creation time;
+//! Layout under `key_prefix` (default `sg:`), where `T` is the user's tag
+//! ([`crate::session::user_tag`], which every session id ends with):
+//! - `sg:s:{T}:<sid>`: one hash per session (status, timestamps in ms, identity);
+//! - `sg:u:{T}:<userId>`: a sorted set of the user's session ids by creation time;
 //! - `sg:rl:<key>`: fixed-window login rate counters;
 //! - channel `sg:events`: every change of status, as JSON.
+//!
+//! The `{T}` hash tag puts a user's index and all their sessions in one Redis
+//! Cluster slot, so each script, which reads the index and the sessions it
+//! names, stays on one node; and a session's key is still found from its id
+//! alone (an admin revoke knows nothing else).
 //!
 //! Every operation is one Lua script (one round trip, atomic), sent as
 //! EVALSHA. Every call is bounded by `store.timeout`: redis-rs's
 //! `ConnectionManager` waits without limit while it reconnects, and a
 //! request must get its 503 instead. Keys carry TTLs so dead sessions vanish
-//! after `max_lifetime` plus a retention margin. The scripts touch keys they
-//! derive from the index, so they need a standalone Redis or Sentinel, not
-//! Cluster. With Sentinel, the master is looked up at the first call and
-//! again after any error, so a failover is followed within a request or two.
+//! after `max_lifetime` plus a retention margin. Three topologies: a URL
+//! (standalone), Sentinel (the master is looked up at the first call and
+//! again after any error, so a failover is followed within a request or two)
+//! and Cluster (redis-rs follows slots and failovers; session events are
+//! read from any one node, as a cluster's PUBLISH reaches every node).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +30,14 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::Sentinel;
-use redis::{Client, Script};
+use redis::{Client, RedisResult, Script, ScriptInvocation};
 use tokio::sync::broadcast;
 
 use super::{Created, RateDecision, Rules, SessionStore, StoreError};
-use crate::session::{Event, Liveness, Session, Status, rfc3339};
+use crate::session::{Event, Liveness, Session, Status, rfc3339, sid_tag, user_tag};
 
 /// Dead sessions kept per user in the index beyond the active ones.
 pub const MAX_DEAD_PER_USER: usize = 50;
@@ -39,6 +48,12 @@ pub const MAX_DEAD_PER_USER: usize = 50;
 const CLOCK: &str = r#"
 local now = tonumber(ARGV[1])
 local idle = tonumber(ARGV[2])
+-- Mirrors RedisStore::session_key: a minted id ends with its owner's tag.
+local function skey(prefix, id)
+  local tag = id
+  if #id == 32 and not string.find(id, '[\128-\255]') then tag = string.sub(id, 25) end
+  return prefix .. 's:{' .. tag .. '}:' .. id
+end
 local function clock(key, sid)
   local h = redis.call('HMGET', key, 'status', 'expireAt', 'lastActiveAt', 'userId')
   if not h[1] then return nil end
@@ -90,7 +105,7 @@ end
 return redis.call('HGETALL', KEYS[1])
 "#;
 
-/// KEYS: session. ARGV: 5 target status, 6 sid, 7 key prefix. -> nil | HGETALL
+/// KEYS: session. ARGV: 5 target status, 6 sid. -> nil | HGETALL
 const SET_STATUS: &str = r#"
 local c = clock(KEYS[1], ARGV[6])
 if not c or c[1] == 'removed' then return nil end
@@ -99,7 +114,9 @@ if c[1] == 'active' or target == 'removed' then
   setstatus(KEYS[1], ARGV[6], c[4], target)
 end
 if target == 'removed' then
-  redis.call('ZREM', ARGV[7] .. 'u:' .. c[4], ARGV[6])
+  -- The session names its user's index (same slot).
+  local idx = redis.call('HGET', KEYS[1], 'idx')
+  if idx then redis.call('ZREM', idx, ARGV[6]) end
   -- Out of the index, nothing caps removed sessions: keep the record only
   -- while its newest ticket can still be presented (expireAt + a minute).
   local at = c[2] + 60000
@@ -115,7 +132,7 @@ local ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
 local out = {}
 local n = 0
 for _, id in ipairs(ids) do
-  local key = ARGV[5] .. 's:' .. id
+  local key = skey(ARGV[5], id)
   local c = clock(key, id)
   if not c then
     redis.call('ZREM', KEYS[1], id)
@@ -136,7 +153,7 @@ local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local active = {}
 local dead = {}
 for _, id in ipairs(ids) do
-  local key = ARGV[5] .. 's:' .. id
+  local key = skey(ARGV[5], id)
   local c = clock(key, id)
   if not c then
     redis.call('ZREM', KEYS[1], id)
@@ -150,14 +167,14 @@ local replaced = {}
 local keep = tonumber(ARGV[6]) - 1
 while #active > keep do
   local id = table.remove(active, 1)
-  local key = ARGV[5] .. 's:' .. id
+  local key = skey(ARGV[5], id)
   setstatus(key, id, redis.call('HGET', key, 'userId'), 'replaced')
   table.insert(replaced, id)
 end
 local maxdead = tonumber(ARGV[9])
 while #dead > maxdead do
   local id = table.remove(dead, 1)
-  redis.call('DEL', ARGV[5] .. 's:' .. id)
+  redis.call('DEL', skey(ARGV[5], id))
   redis.call('ZREM', KEYS[1], id)
 end
 local fields = {}
@@ -205,20 +222,54 @@ impl Scripts {
     }
 }
 
-/// Where the master is: a fixed URL, or whatever the Sentinels say now.
+/// Where the master is: a fixed URL, whatever the Sentinels say now, or a
+/// cluster's nodes.
 enum Source {
     Direct(Client),
     Sentinel {
         sentinel: tokio::sync::Mutex<Sentinel>,
         master: String,
     },
+    Cluster {
+        client: Box<ClusterClient>,
+        /// One client per seed node, for the event subscription.
+        nodes: Vec<Client>,
+        /// The seed node the subscription tries next.
+        next: std::sync::atomic::AtomicUsize,
+    },
+}
+
+/// The multiplexed connection every call shares.
+#[derive(Clone)]
+enum Con {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Con {
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        inv: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        match self {
+            Con::Single(c) => inv.invoke_async(c).await,
+            Con::Cluster(c) => inv.invoke_async(c).await,
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self {
+            Con::Single(c) => cmd.query_async(c).await,
+            Con::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
 }
 
 pub struct RedisStore {
     source: Source,
-    /// The multiplexed connection every call shares; emptied (Sentinel only)
-    /// when the master stops answering, so the next call resolves it anew.
-    con: ArcSwapOption<ConnectionManager>,
+    /// Emptied (Sentinel only) when the master stops answering, so the next
+    /// call resolves it anew.
+    con: ArcSwapOption<Con>,
     resolving: tokio::sync::Mutex<()>,
     prefix: String,
     channel: String,
@@ -252,6 +303,32 @@ impl RedisStore {
         Ok(Self::with_source(source, prefix, timeout))
     }
 
+    /// A store on a Redis Cluster, found through any of its `nodes`.
+    pub fn with_cluster(
+        nodes: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Arc<RedisStore>, StoreError> {
+        let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let client = ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(timeout.max(Duration::from_millis(200)))
+            .response_timeout(timeout)
+            .retries(2)
+            .build()
+            .map_err(unavailable)?;
+        let nodes = nodes
+            .iter()
+            .map(|n| Client::open(n.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let source = Source::Cluster {
+            client: Box::new(client),
+            nodes,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        };
+        Ok(Self::with_source(source, prefix, timeout))
+    }
+
     fn with_source(source: Source, prefix: &str, timeout: Duration) -> Arc<RedisStore> {
         let (events, _) = broadcast::channel(4096);
         Arc::new(RedisStore {
@@ -267,10 +344,18 @@ impl RedisStore {
         })
     }
 
-    /// A client for the current master.
+    /// A client for the current master (with Cluster: for the next seed
+    /// node, which is all the event subscription needs).
     async fn client(&self) -> Result<Client, StoreError> {
         match &self.source {
             Source::Direct(client) => Ok(client.clone()),
+            Source::Cluster { nodes, next, .. } => {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                nodes
+                    .get(i % nodes.len().max(1))
+                    .cloned()
+                    .ok_or_else(|| StoreError::Unavailable("no cluster nodes".into()))
+            }
             Source::Sentinel { sentinel, master } => {
                 let mut sentinel = sentinel.lock().await;
                 let wait = self.timeout.max(Duration::from_millis(500));
@@ -343,13 +428,24 @@ impl RedisStore {
         }
     }
 
-    async fn con(&self) -> Result<ConnectionManager, StoreError> {
+    async fn con(&self) -> Result<Con, StoreError> {
         if let Some(con) = self.con.load().as_deref() {
             return Ok(con.clone());
         }
         let _one_at_a_time = self.resolving.lock().await;
         if let Some(con) = self.con.load().as_deref() {
             return Ok(con.clone());
+        }
+        if let Source::Cluster { client, .. } = &self.source {
+            // Connects to every node and learns the slots: bounded like any call.
+            let con = match tokio::time::timeout(self.timeout, client.get_async_connection()).await
+            {
+                Ok(Ok(con)) => Con::Cluster(con),
+                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+                Err(_) => return Err(StoreError::Timeout(self.timeout)),
+            };
+            self.con.store(Some(Arc::new(con.clone())));
+            return Ok(con);
         }
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
@@ -358,6 +454,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let con = ConnectionManager::new_lazy_with_config(self.client().await?, cfg)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let con = Con::Single(con);
         self.con.store(Some(Arc::new(con.clone())));
         Ok(con)
     }
@@ -368,7 +465,7 @@ impl RedisStore {
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut con = self.con().await?;
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut con)).await {
+        match tokio::time::timeout(self.timeout, con.invoke(&inv)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.forget_master();
@@ -378,12 +475,13 @@ impl RedisStore {
         }
     }
 
+    /// Mirrored by `skey` in the scripts.
     fn session_key(&self, sid: &str) -> String {
-        format!("{}s:{sid}", self.prefix)
+        format!("{}s:{{{}}}:{sid}", self.prefix, sid_tag(sid))
     }
 
     fn user_key(&self, uid: &str) -> String {
-        format!("{}u:{uid}", self.prefix)
+        format!("{}u:{{{}}}:{uid}", self.prefix, user_tag(uid))
     }
 
     fn base<'a>(&self, script: &'a Script, now: u64, rules: Rules) -> redis::ScriptInvocation<'a> {
@@ -444,14 +542,15 @@ impl SessionStore for RedisStore {
             .saturating_add(rules.retain_ms)
             .max(1);
         let mut inv = self.base(&self.scripts.create, now, rules);
-        inv.key(self.user_key(&s.user_id))
+        let index = self.user_key(&s.user_id);
+        inv.key(&index)
             .key(self.session_key(&s.id))
             .arg(&self.prefix)
             .arg(max_per_user.max(1))
             .arg(&s.id)
             .arg(ttl)
             .arg(MAX_DEAD_PER_USER);
-        let fields: [(&str, String); 11] = [
+        let fields: [(&str, String); 12] = [
             ("id", s.id.clone()),
             ("userId", s.user_id.clone()),
             ("name", s.name.clone()),
@@ -463,6 +562,7 @@ impl SessionStore for RedisStore {
             ("expireAt", s.expire_at.to_string()),
             ("maxExpireAt", s.max_expire_at.to_string()),
             ("updatedAt", s.updated_at.to_string()),
+            ("idx", index.clone()),
         ];
         for (k, v) in &fields {
             inv.arg(*k).arg(v);
@@ -534,10 +634,7 @@ impl SessionStore for RedisStore {
         rules: Rules,
     ) -> Result<Option<Session>, StoreError> {
         let mut inv = self.base(&self.scripts.set_status, now, rules);
-        inv.key(self.session_key(sid))
-            .arg(status.as_str())
-            .arg(sid)
-            .arg(&self.prefix);
+        inv.key(self.session_key(sid)).arg(status.as_str()).arg(sid);
         let out: Option<HashMap<String, String>> = self.run(inv).await?;
         out.map(parse_session).transpose()
     }
@@ -593,7 +690,7 @@ impl SessionStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut con = self.con().await?;
         let ping = redis::cmd("PING");
-        match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut con)).await {
+        match tokio::time::timeout(self.timeout, con.query::<String>(&ping)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 self.forget_master();

@@ -123,6 +123,87 @@ impl Drop for Redis {
     }
 }
 
+/// A private three-node Redis Cluster (masters only), every node on free
+/// ports, slots assigned and agreed before `spawn` returns.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn spawn() -> RedisCluster {
+        let dir = scratch_dir("cluster");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            let bus = free_port().to_string();
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.to_str().expect("utf-8 path"),
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "2000",
+                "--dir",
+                dir.to_str().expect("utf-8 path"),
+            ];
+            nodes.push(Redis::spawn_with(port, &args).await);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes, dir };
+        let ok = eventually(Duration::from_secs(20), || async {
+            for n in &c.nodes {
+                let mut con = n.client().get_multiplexed_async_connection().await.ok()?;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut con)
+                    .await
+                    .ok()?;
+                if !info.contains("cluster_state:ok") {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        assert!(ok.is_some(), "the cluster never reached cluster_state:ok");
+        c
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub struct Upstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -220,6 +301,20 @@ impl Setup {
             store: format!(
                 "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n",
                 r.url()
+            ),
+            sessions: String::new(),
+            routes: String::new(),
+            login_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn cluster(c: &RedisCluster) -> Setup {
+        let nodes: Vec<String> = c.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        Setup {
+            store: format!(
+                "store:\n  kind: redis\n  cluster: [{}]\n  timeout: 500ms\n",
+                nodes.join(", ")
             ),
             sessions: String::new(),
             routes: String::new(),

@@ -1,0 +1,194 @@
+//! The gate on a Redis Cluster: a private three-node cluster, the real
+//! binary, and the whole session lifecycle through it — logins spread over
+//! the nodes, replacement, lists, logout, removal, operator revokes, events
+//! reaching a second gate and ending a WebSocket.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn sid(login: &Resp) -> String {
+    login.json()["session"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn refused_with(gate: &Gate, ticket: &str, code: &str) {
+    let r = gate.get("/controller/shop/x", Some(ticket)).await;
+    assert_eq!((r.status, r.error()), (401, code.to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_lifecycle_runs_on_a_redis_cluster() {
+    let cluster = RedisCluster::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let setup = Setup::cluster(&cluster)
+        .sessions("  max_per_user: 2\n")
+        .routes(&routes(http.addr, ws.addr));
+    let gate = Gate::start(&setup).await;
+    let other = Gate::start(&setup).await;
+
+    // Logins, a request, replacement past max_per_user.
+    let (first, r) = gate.login("alice", "wonderland").await;
+    let first_id = sid(&r);
+    let (second, _) = gate.login("alice", "wonderland").await;
+    let (bob, r) = gate.login("bob", "builder").await;
+    let bob_id = sid(&r);
+    let r = gate.get("/controller/shop/x", Some(&second)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-session-user")
+            .map(String::as_str),
+        Some("u-alice")
+    );
+    // The other gate shares the store.
+    assert_eq!(
+        other.get("/controller/shop/x", Some(&bob)).await.status,
+        200
+    );
+    let (third, _) = gate.login("alice", "wonderland").await;
+    refused_with(&gate, &first, "session_replaced").await;
+
+    // Each user's index and sessions sit on one node, under the user's tag.
+    let mut placed: Vec<(u16, String)> = Vec::new();
+    for n in &cluster.nodes {
+        let mut con = n.client().get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("sg:*")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        placed.extend(keys.into_iter().map(|k| (n.port, k)));
+    }
+    for (user, sessions) in [("u-alice", 3), ("u-bob", 1)] {
+        let tag = sessiongate::session::user_tag(user);
+        let mine: Vec<&(u16, String)> = placed
+            .iter()
+            .filter(|(_, k)| k.contains(&format!("{{{tag}}}")))
+            .collect();
+        assert_eq!(mine.len(), 1 + sessions, "{user}: {placed:?}");
+        assert!(
+            mine.iter().all(|(port, _)| *port == mine[0].0),
+            "{user}: {mine:?}"
+        );
+        assert!(
+            mine.iter()
+                .any(|(_, k)| *k == format!("sg:u:{{{tag}}}:{user}"))
+        );
+    }
+    let list = gate.get("/_session/list", Some(&third)).await.json();
+    let statuses: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["active", "active", "replaced"]);
+
+    // Removal leaves the list; refresh and touch answer.
+    let r = gate
+        .req(&format!(
+            "DELETE /_session/{first_id} HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {third}\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 204);
+    let list = gate.get("/_session/list", Some(&third)).await.json();
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        gate.post("/_session/touch", Some(&third), "").await.status,
+        200
+    );
+    assert_eq!(
+        gate.post("/_session/refresh", Some(&third), "")
+            .await
+            .status,
+        200
+    );
+
+    // Logout on one gate is seen by the other at once, cache or not.
+    assert_eq!(
+        other.get("/controller/shop/x", Some(&second)).await.status,
+        200
+    );
+    assert_eq!(
+        gate.post("/_session/logout", Some(&second), "")
+            .await
+            .status,
+        204
+    );
+    let seen = eventually(Duration::from_secs(1), || async {
+        let r = other.get("/controller/shop/x", Some(&second)).await;
+        (r.status == 401).then(|| r.error())
+    })
+    .await;
+    assert_eq!(seen.as_deref(), Some("session_ended"));
+
+    // Operator revokes: bob's session by its id alone, then all of alice's,
+    // which ends her WebSocket on the other gate with 4401.
+    let mut req = format!("ws://{}/gateway/chat", other.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {third}").parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "https://app.example.com".parse().unwrap());
+    let (mut chat, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let r = gate
+        .admin_req("POST", &format!("/admin/sessions/{bob_id}/revoke"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["session"]["status"], "revoked");
+    refused_with(&other, &bob, "session_revoked").await;
+    let r = gate.admin_req("POST", "/admin/users/u-alice/revoke").await;
+    assert_eq!(r.json()["revoked"], 1, "{}", r.text());
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(m) = chat.next().await {
+            if let Ok(Message::Close(Some(f))) = m {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+        }
+        (0, String::new())
+    })
+    .await
+    .expect("no Close within 2 s");
+    assert_eq!(closed, (4401, "session revoked".to_owned()));
+    refused_with(&gate, &third, "session_revoked").await;
+    let r = gate.admin_req("GET", "/admin/sessions?user=u-alice").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["sessions"].as_array().unwrap().len(), 2);
+}
+
+/// With the cluster gone, session calls answer 503 `store_unavailable`; the
+/// gate stays up, and `readyz` tells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_cluster_is_a_503_not_a_crash() {
+    let mut cluster = RedisCluster::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let gate = Gate::start(&Setup::cluster(&cluster).routes(&routes(http.addr, ws.addr))).await;
+    let (alice, _) = gate.login("alice", "wonderland").await;
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&alice)).await.status,
+        200
+    );
+    for n in &mut cluster.nodes {
+        n.kill();
+    }
+    let r = eventually(Duration::from_secs(5), || async {
+        let r = gate.post("/_session/touch", Some(&alice), "").await;
+        (r.status == 503).then_some(r)
+    })
+    .await
+    .expect("no 503 with the cluster gone");
+    assert_eq!(r.error(), "store_unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(gate.admin_req("GET", "/healthz").await.status, 200);
+    assert_eq!(gate.admin_req("GET", "/readyz").await.status, 503);
+}
