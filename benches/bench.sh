@@ -171,6 +171,7 @@ declare -A rps p50 p99 rss cmds
 # One measured wrk run of target $1 in round $3, after a warm-up that fills the gate's upstream
 # pool and session cache. The same Authorization header goes to every target so wrk's work is
 # identical.
+# shellcheck disable=SC2034 # the tables are read through median_of's nameref
 measure() {
     local name=$1 url=$2 round=$3 pid=$4 line kv c0 c1
     wrk -t"$threads" -c"$connections" -d"$warmup" -H "$auth" "$url" >/dev/null
