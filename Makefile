@@ -8,8 +8,9 @@ CARGO ?= cargo
 # Root installs directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: cmake + a C toolchain build Pingora's zlib-ng; redis-server
-# runs under the tests; wrk drives the benchmark. (deploy/check.sh brings PyYAML itself.)
-APT_PACKAGES := cmake build-essential pkg-config redis-server wrk
+# (with redis-cli) runs under the tests, openssl makes their throwaway TLS CA; wrk
+# drives the benchmark. (deploy/check.sh brings PyYAML itself.)
+APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
 
 .PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws clean
 
@@ -27,6 +28,8 @@ deps:
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

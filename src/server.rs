@@ -56,12 +56,19 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
         StoreKind::Redis => {
             let (prefix, timeout) = (&cfg.store.key_prefix, cfg.store.timeout);
+            let ca = match &cfg.store.tls_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    StartError::Store(format!("store.tls.ca_file {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            let ca = ca.as_deref();
             let r = match (&cfg.store.url, &cfg.store.sentinel, &cfg.store.cluster) {
-                (Some(url), _, _) => RedisStore::new(url, prefix, timeout),
+                (Some(url), _, _) => RedisStore::with_ca(url, ca, prefix, timeout),
                 (None, Some(s), _) => {
                     RedisStore::with_sentinel(&s.nodes, &s.master, prefix, timeout)
                 }
-                (None, None, Some(nodes)) => RedisStore::with_cluster(nodes, prefix, timeout),
+                (None, None, Some(nodes)) => RedisStore::with_cluster(nodes, ca, prefix, timeout),
                 (None, None, None) => {
                     return Err(StartError::Store("store: no Redis to connect to".into()));
                 }

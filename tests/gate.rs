@@ -518,3 +518,38 @@ async fn sentinel_failover_is_followed() {
     );
     drop(replica);
 }
+
+/// `rediss://` with the CA given in `store.tls.ca_file`: the gate works over
+/// TLS; without the CA (system roots only) the server is not trusted and
+/// session calls answer 503, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_is_verified_against_the_configured_ca() {
+    let redis = RedisTls::spawn().await;
+    let http = Upstream::http().await;
+    let store = |tls: &str| Setup {
+        store: format!(
+            "store:\n  kind: redis\n  url: {}\n  timeout: 500ms\n{tls}",
+            redis.url()
+        ),
+        ..Setup::memory()
+    };
+    let trusted = store(&format!("  tls:\n    ca_file: {}\n", redis.ca.display()));
+    let gate = Gate::start(&trusted.routes(&routes(http.addr, http.addr))).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&ticket)).await.status,
+        200
+    );
+    assert_eq!(gate.admin_req("GET", "/readyz").await.status, 200);
+
+    let untrusted = Gate::start(&store("").routes(&routes(http.addr, http.addr))).await;
+    let r = untrusted
+        .post(
+            "/_session/login",
+            None,
+            r#"{"username":"alice","password":"wonderland"}"#,
+        )
+        .await;
+    assert_eq!((r.status, r.error()), (503, "store_unavailable".to_owned()));
+    assert_eq!(untrusted.admin_req("GET", "/readyz").await.status, 503);
+}

@@ -726,7 +726,7 @@ async fn start_with_delegate(seen: Arc<Mutex<Vec<Value>>>) -> (Redis, Upstream, 
     let gate = Gate::start_with_login(
         &Setup::redis(&redis).routes(&shop(http.addr)),
         &format!(
-            "  delegate: {{url: \"http://{}/verify\", timeout: 500ms}}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
+            "  delegate: {{url: \"http://{}/verify\", timeout: 2s}}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
             d.addr
         ),
     )

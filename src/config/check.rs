@@ -299,6 +299,21 @@ impl<'a> Ctx<'a> {
                 self.redis_url(&format!("store.cluster[{i}]"), url, false);
             }
         }
+        let tls_ca_file = raw.tls.map(|tls| {
+            let path = "store.tls.ca_file";
+            let urls: Vec<&String> = raw.url.iter().chain(raw.cluster.iter().flatten()).collect();
+            if raw.sentinel.is_some() {
+                self.err("store.tls", "not supported with `sentinel` (use `rediss://` sentinel URLs and the system's roots)");
+            } else if urls.is_empty() || !urls.iter().all(|u| u.starts_with("rediss://")) {
+                self.err("store.tls", "needs `rediss://` URLs: plain `redis://` does not use TLS");
+            }
+            match std::fs::read(&tls.ca_file) {
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {}
+                Ok(_) => self.err(path, "holds no PEM certificate"),
+                Err(e) => self.err(path, format!("cannot read {}: {e}", tls.ca_file)),
+            }
+            std::path::PathBuf::from(tls.ca_file)
+        });
         let sentinel = raw.sentinel.map(|s| {
             self.nonempty("store.sentinel.master", &s.master);
             if s.nodes.is_empty() {
@@ -317,6 +332,7 @@ impl<'a> Ctx<'a> {
             url: raw.url,
             cluster: raw.cluster,
             sentinel,
+            tls_ca_file,
             key_prefix: raw
                 .key_prefix
                 .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),

@@ -115,6 +115,13 @@ pub(super) struct RawStore {
     pub(super) on_unavailable: Option<String>,
     pub(super) grace: Option<String>,
     pub(super) cache: Option<String>,
+    pub(super) tls: Option<RawStoreTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStoreTls {
+    pub(super) ca_file: String,
 }
 
 #[derive(Deserialize)]

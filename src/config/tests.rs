@@ -771,3 +771,54 @@ fn shipped_users_file_verifies_alice() {
             .is_err()
     );
 }
+
+#[test]
+fn store_tls_needs_rediss_urls_and_a_readable_pem() {
+    let dir = std::env::temp_dir().join(format!("sg-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let with = |store: &str| MINIMAL.replace("store: {kind: memory}", store);
+    let c = ok(&with(&format!(
+        "store: {{url: \"rediss://r:6380/0\", tls: {{ca_file: \"{}\"}}}}",
+        ca.display()
+    )));
+    assert_eq!(c.store.tls_ca_file.as_deref(), Some(ca.as_path()));
+    ok(&with(&format!(
+        "store: {{cluster: [\"rediss://a:7000\", \"rediss://b:7000\"], tls: {{ca_file: \"{}\"}}}}",
+        ca.display()
+    )));
+    let e = errs(&with(&format!(
+        "store: {{url: \"redis://r:6379/0\", tls: {{ca_file: \"{}\"}}}}",
+        ca.display()
+    )));
+    assert!(
+        only(&e).starts_with("2:34: store.tls: needs `rediss://` URLs"),
+        "{}",
+        lines(&e)
+    );
+    let e = errs(&with(&format!(
+        "store: {{url: \"rediss://r\", tls: {{ca_file: \"{}\"}}}}",
+        not_pem.display()
+    )));
+    assert!(
+        only(&e).contains("store.tls.ca_file: holds no PEM certificate"),
+        "{}",
+        lines(&e)
+    );
+    let e = errs(&with(
+        "store: {url: \"rediss://r\", tls: {ca_file: /nonexistent/ca.pem}}",
+    ));
+    assert!(
+        only(&e).contains("cannot read /nonexistent/ca.pem"),
+        "{}",
+        lines(&e)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -282,7 +282,22 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects lazily: the gate starts (and answers 503) while Redis is down.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Arc<RedisStore>, StoreError> {
-        let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Self::with_ca(url, None, prefix, timeout)
+    }
+
+    /// Like [`RedisStore::new`]; a `rediss://` server is verified with `ca`
+    /// (PEM) when given, else with the system's roots.
+    pub fn with_ca(
+        url: &str,
+        ca: Option<&[u8]>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Arc<RedisStore>, StoreError> {
+        let client = match ca {
+            Some(ca) => Client::build_with_tls(url, tls(ca)),
+            None => Client::open(url),
+        }
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self::with_source(Source::Direct(client), prefix, timeout))
     }
 
@@ -303,22 +318,29 @@ impl RedisStore {
         Ok(Self::with_source(source, prefix, timeout))
     }
 
-    /// A store on a Redis Cluster, found through any of its `nodes`.
+    /// A store on a Redis Cluster, found through any of its `nodes`
+    /// (`rediss://` ones verified with `ca` when given).
     pub fn with_cluster(
         nodes: &[String],
+        ca: Option<&[u8]>,
         prefix: &str,
         timeout: Duration,
     ) -> Result<Arc<RedisStore>, StoreError> {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
-        let client = ClusterClient::builder(nodes.to_vec())
+        let mut builder = ClusterClient::builder(nodes.to_vec())
             .connection_timeout(timeout.max(Duration::from_millis(200)))
             .response_timeout(timeout)
-            .retries(2)
-            .build()
-            .map_err(unavailable)?;
+            .retries(2);
+        if let Some(ca) = ca {
+            builder = builder.certs(tls(ca));
+        }
+        let client = builder.build().map_err(unavailable)?;
         let nodes = nodes
             .iter()
-            .map(|n| Client::open(n.as_str()))
+            .map(|n| match ca {
+                Some(ca) => Client::build_with_tls(n.as_str(), tls(ca)),
+                None => Client::open(n.as_str()),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
         let source = Source::Cluster {
@@ -491,6 +513,13 @@ impl RedisStore {
             .arg(&self.channel)
             .arg(rfc3339(now));
         inv
+    }
+}
+
+fn tls(ca: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
     }
 }
 

@@ -123,6 +123,117 @@ impl Drop for Redis {
     }
 }
 
+/// A private redis-server that also listens with TLS, its certificate
+/// signed by a throwaway CA made with the `openssl` command.
+pub struct RedisTls {
+    pub redis: Redis,
+    pub tls_port: u16,
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl RedisTls {
+    pub async fn spawn() -> RedisTls {
+        let dir = scratch_dir("tls");
+        let path = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write ext.cnf");
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=sessiongate test CA",
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.pem"),
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &path("server.key"),
+                "-out",
+                &path("server.csr"),
+            ],
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &path("server.csr"),
+                "-CA",
+                &path("ca.pem"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &path("ext.cnf"),
+                "-out",
+                &path("server.pem"),
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl must be installed (make test installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tls_port = free_port().to_string();
+        let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+        let args = [
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let redis = Redis::spawn_with(free_port(), &args).await;
+        RedisTls {
+            redis,
+            tls_port: tls_port.parse().expect("port"),
+            ca: dir.join("ca.pem"),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls_port)
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        self.redis.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A private three-node Redis Cluster (masters only), every node on free
 /// ports, slots assigned and agreed before `spawn` returns.
 pub struct RedisCluster {
