@@ -213,14 +213,16 @@ impl Proxy {
             return Ok(true);
         }
 
-        let method = session.req_header().method.clone();
+        // What the access log needs of the request, before it goes with the session.
+        let req = session.req_header();
+        let method = req.method.clone();
+        if ctx.path.is_none() {
+            ctx.path = Some(req.uri.path().to_owned());
+        }
         let Some(mut client) = take_client(session) else {
             return Error::e_explain(ErrorType::InternalError, "no HTTP/1 client socket");
         };
         ctx.handed_off = Some(method);
-        if ctx.path.is_none() {
-            ctx.path = Some(up.uri.path().to_owned());
-        }
         {
             use tokio::io::AsyncWriteExt;
             let sent = async {

@@ -183,6 +183,8 @@ async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
         "GET /controller/shop/x HTTP/1.1\r\nHost: g\r\nCookie: sg_ticket={ticket}\r\n\r\n"
     ))
     .await;
+    // A WebSocket's line is written when it opens, its ticket in the query.
+    let _chat = open_chat(&gate, &ticket).await;
     let lines = eventually(Duration::from_secs(5), || async {
         let access: Vec<serde_json::Value> = gate
             .logs()
@@ -190,11 +192,27 @@ async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["target"] == "access")
             .collect();
-        (access.len() >= 4).then_some(access)
+        (access.len() >= 5).then_some(access)
     })
     .await
     .expect("access lines");
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let chat = lines.iter().find(|v| v["route"] == "chat").unwrap();
+    assert_eq!(
+        (
+            &chat["method"],
+            &chat["path"],
+            &chat["status"],
+            &chat["sid"]
+        ),
+        (
+            &serde_json::json!("GET"),
+            &serde_json::json!("/gateway/chat"),
+            &serde_json::json!(101),
+            &serde_json::json!(sid)
+        ),
+        "{chat}"
+    );
     let shop = lines
         .iter()
         .find(|v| v["path"] == "/controller/shop/items")
