@@ -222,7 +222,8 @@ pub struct Relay<C> {
     down: Flow,
     /// Client to upstream.
     up: Flow,
-    closing: bool,
+    /// Set once the gate ends the tunnel: the Close frames' code and reason.
+    closing: Option<(u16, String)>,
     /// Bounds a tunnel that is finishing: set once, never reset.
     linger: Option<Pin<Box<Sleep>>>,
     /// Runs while a peer is not taking bytes; pushed back on progress.
@@ -244,7 +245,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
             reg,
             down,
             up: Flow::default(),
-            closing: false,
+            closing: None,
             linger: None,
             stall: None,
         }
@@ -260,27 +261,23 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
     fn drive(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         loop {
             let mut again = false;
+            let closing = self.closing.is_some();
             self.down
-                .pump(cx, &mut self.upstream, &mut self.client, self.closing, None)?;
+                .pump(cx, &mut self.upstream, &mut self.client, closing, None)?;
             let activity = &self.reg.ctl.last_client_activity;
             self.up.pump(
                 cx,
                 &mut self.client,
                 &mut self.upstream,
-                self.closing,
+                closing,
                 Some(activity),
             )?;
-            if self.closing {
+            if let Some((code, reason)) = &self.closing {
                 // A Close goes out each way as soon as that way stands between frames.
-                let (code, reason) = if !self.down.close_sent || !self.up.close_sent {
-                    self.reg.ctl.close_reason()
-                } else {
-                    (0, String::new())
-                };
                 if !self.down.close_sent && self.down.frames.at_boundary() {
                     self.down
                         .pending
-                        .extend_from_slice(&close_frame(code, &reason, None));
+                        .extend_from_slice(&close_frame(*code, reason, None));
                     self.down.close_sent = true;
                     again = true;
                 }
@@ -288,7 +285,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                     let mask = rand::random::<[u8; 4]>();
                     self.up
                         .pending
-                        .extend_from_slice(&close_frame(code, &reason, Some(mask)));
+                        .extend_from_slice(&close_frame(*code, reason, Some(mask)));
                     self.up.close_sent = true;
                     again = true;
                 }
@@ -321,8 +318,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Future for Relay<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let me = self.get_mut();
         me.reg.ctl.waker.register(cx.waker());
-        if !me.closing && me.reg.ctl.ending.load(Ordering::Acquire) {
-            me.closing = true;
+        if me.closing.is_none() && me.reg.ctl.ending.load(Ordering::Acquire) {
+            me.closing = Some(me.reg.ctl.close_reason());
             tracing::debug!(sid = %me.reg.ctl.sid, route = %me.reg.ctl.route, "ending tunnel");
             me.start_linger();
         }
