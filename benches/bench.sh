@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # make bench: the release gate against its own upstream, on loopback, in one run.
 #
-#   benches/bench.sh [--duration 5s] [--warmup 1s] [--rounds 3] [--connections 64] [--threads 2] [--ws N]
+#   benches/bench.sh [--duration 5s] [--warmup 1s] [--rounds 4] [--connections 64] [--threads 2] [--ws N]
 #
 # Starts a private redis-server, `sessiongate echo` (the upstream) and two release gates, each
 # on free 127.0.0.1 ports, with deploy/loadtest/sessiongate.yaml (threads: 1, touch_interval
 # 30s, a public route and a ticket-checked route to the same upstream): one with the liveness
 # cache on (store.cache 1s), one with it off (0s). Logs in a few users, then runs wrk against,
 # in turn: the upstream directly, the gate's public route, its ticket route, and the ticket
-# route of the gate without cache. The four targets are measured in interleaved rounds, so a
-# noisy moment on a shared machine hits them all alike; it prints each round's ratios and the
-# median of the rounds: requests/s, p50/p99 latency, the gate's peak RSS.
+# route of the gate without cache, all at the upstream's fixed-answer path `/static`. The four
+# targets are measured in interleaved rounds (the order reversed every other round), so a noisy
+# moment on a shared machine hits them all alike; it prints each round's ratios and the median
+# of the rounds: requests/s, p50/p99 latency, the gate's peak RSS.
 #
 # --ws N then restarts the gate and holds N idle authenticated WebSockets through it (two
 # ws_load client processes), and reports the gate's RSS per connection. The gate holds two
@@ -28,7 +29,7 @@ cd "$root"
 
 duration=5s
 warmup=1s
-rounds=3
+rounds=4
 connections=64
 threads=2
 ws=0
@@ -152,16 +153,20 @@ GATE_URL="http://127.0.0.1:$p_gate" deploy/loadtest/login_users.sh "$users" "$wo
 ticket=$(head -n1 "$work/tickets.txt")
 auth="Authorization: Bearer $ticket"
 
-direct_url="http://127.0.0.1:$p_http/hello"
-public_url="http://127.0.0.1:$p_gate/public/hello"
-ticket_url="http://127.0.0.1:$p_gate/controller/echo/hello"
-nocache_url="http://127.0.0.1:$p_gate0/controller/echo/hello"
+# The timed path is the echo upstream's `/static`: a fixed answer whatever the headers, so the
+# upstream's work does not grow with the identity headers the ticket route injects (the JSON
+# picture at any other path costs the shared CPU about 10 % more on the ticket route).
+direct_url="http://127.0.0.1:$p_http/static"
+public_url="http://127.0.0.1:$p_gate/public/static"
+ticket_url="http://127.0.0.1:$p_gate/controller/echo/static"
+nocache_url="http://127.0.0.1:$p_gate0/controller/echo/static"
 
 # Each route must answer 200 before it is timed: a fast stream of 401s would look like a win.
 for url in "$direct_url" "$public_url" "$nocache_url" "$ticket_url"; do
     code=$(curl -s -o "$work/probe.json" -w '%{http_code}' -H "$auth" "$url")
     [[ $code == 200 ]] || die "$url answered $code: $(head -c 300 "$work/probe.json")"
 done
+curl -s -o "$work/probe.json" -H "$auth" "http://127.0.0.1:$p_gate/controller/echo/hello"
 grep -qi '"x-session-id"' "$work/probe.json" || die "the ticket route did not inject X-Session-Id"
 
 redis_commands() { redis-cli -p "$p_redis" info stats | awk -F: '/^total_commands_processed:/ { print $2 + 0 }'; }
@@ -205,8 +210,11 @@ measure() {
 ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v < t); print (ok ? "met" : "MISSED") }'; }
-# The median of its arguments (the lower middle one for an even count).
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# The median of its arguments (the mean of the two middle ones for an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m + 0 }'
+}
 # The median over the rounds of one figure of one target: median_of rps ticket
 median_of() {
     local -n table=$1
@@ -224,10 +232,18 @@ echo
 printf '%-6s %10s %10s %10s %10s %14s %14s %16s\n' round direct public ticket nocache ticket/public nocache/public "p99 added (ms)"
 ratios_tp=() ratios_np=() added=()
 for ((r = 1; r <= rounds; r++)); do
-    measure direct "$direct_url" "$r" ""
-    measure public "$public_url" "$r" "$gate_pid"
-    measure ticket "$ticket_url" "$r" "$gate_pid"
-    measure nocache "$nocache_url" "$r" "$nocache_pid"
+    # Odd rounds go in one order, even rounds in the other, so a drift over a round
+    # (warming up, a background job) does not always favour the same target.
+    order=(direct public ticket nocache)
+    ((r % 2 == 0)) && order=(nocache ticket public direct)
+    for name in "${order[@]}"; do
+        case $name in
+        direct) measure direct "$direct_url" "$r" "" ;;
+        public) measure public "$public_url" "$r" "$gate_pid" ;;
+        ticket) measure ticket "$ticket_url" "$r" "$gate_pid" ;;
+        nocache) measure nocache "$nocache_url" "$r" "$nocache_pid" ;;
+        esac
+    done
     ratios_tp+=("$(ratio "${rps[ticket,$r]}" "${rps[public,$r]}")")
     ratios_np+=("$(ratio "${rps[nocache,$r]}" "${rps[public,$r]}")")
     added+=("$(awk -v a="${p99[ticket,$r]}" -v b="${p99[direct,$r]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')")
