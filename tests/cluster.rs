@@ -166,9 +166,10 @@ async fn the_session_lifecycle_runs_on_a_redis_cluster() {
 }
 
 /// With the cluster gone, session calls answer 503 `store_unavailable`; the
-/// gate stays up, and `readyz` tells.
+/// gate stays up, `readyz` tells, and once the cluster is back the gate
+/// serves again by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_cluster_is_a_503_not_a_crash() {
+async fn losing_the_cluster_is_a_503_and_its_return_recovers() {
     let mut cluster = RedisCluster::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
@@ -191,4 +192,24 @@ async fn losing_the_cluster_is_a_503_not_a_crash() {
     assert!(r.header("retry-after").is_some());
     assert_eq!(gate.admin_req("GET", "/healthz").await.status, 200);
     assert_eq!(gate.admin_req("GET", "/readyz").await.status, 503);
+
+    // Back, empty: the old session is unknown, a new login works.
+    cluster.restart().await;
+    let back = eventually(Duration::from_secs(15), || async {
+        let r = gate
+            .post(
+                "/_session/login",
+                None,
+                r#"{"username":"alice","password":"wonderland"}"#,
+            )
+            .await;
+        (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap().to_owned())
+    })
+    .await
+    .expect("no login within 15 s of the cluster's return");
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&back)).await.status,
+        200
+    );
+    assert_eq!(gate.admin_req("GET", "/readyz").await.status, 200);
 }

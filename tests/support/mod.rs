@@ -238,32 +238,42 @@ impl Drop for RedisTls {
 /// ports, slots assigned and agreed before `spawn` returns.
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
+    /// Each node's port and redis-server arguments, to restart it as it was.
+    args: Vec<(u16, Vec<String>)>,
     dir: PathBuf,
 }
 
 impl RedisCluster {
     pub async fn spawn() -> RedisCluster {
         let dir = scratch_dir("cluster");
-        let mut nodes = Vec::new();
+        let mut args = Vec::new();
         for _ in 0..3 {
             let port = free_port();
             let conf = dir.join(format!("nodes-{port}.conf"));
-            let bus = free_port().to_string();
-            let args = [
+            let node: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 conf.to_str().expect("utf-8 path"),
                 "--cluster-port",
-                &bus,
+                &free_port().to_string(),
                 "--cluster-node-timeout",
                 "2000",
                 "--dir",
                 dir.to_str().expect("utf-8 path"),
-            ];
-            nodes.push(Redis::spawn_with(port, &args).await);
+            ]
+            .map(str::to_owned)
+            .into();
+            args.push((port, node));
         }
-        let addrs: Vec<String> = nodes
+        let mut c = RedisCluster {
+            nodes: Vec::new(),
+            args,
+            dir,
+        };
+        c.start_nodes().await;
+        let addrs: Vec<String> = c
+            .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
@@ -272,15 +282,37 @@ impl RedisCluster {
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
-            .expect("redis-cli must be installed (it comes with redis-server)");
+            .expect("redis-cli must be installed (make test installs redis-tools)");
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let c = RedisCluster { nodes, dir };
+        c.wait_ok().await;
+        c
+    }
+
+    async fn start_nodes(&mut self) {
+        for (port, args) in &self.args {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.nodes.push(Redis::spawn_with(*port, &args).await);
+        }
+    }
+
+    /// Kills every node and starts it again on its port with its cluster
+    /// config file: the cluster comes back with its slots, without its data.
+    pub async fn restart(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        self.nodes.clear();
+        self.start_nodes().await;
+        self.wait_ok().await;
+    }
+
+    async fn wait_ok(&self) {
         let ok = eventually(Duration::from_secs(20), || async {
-            for n in &c.nodes {
+            for n in &self.nodes {
                 let mut con = n.client().get_multiplexed_async_connection().await.ok()?;
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
@@ -295,7 +327,6 @@ impl RedisCluster {
         })
         .await;
         assert!(ok.is_some(), "the cluster never reached cluster_state:ok");
-        c
     }
 
     pub fn urls(&self) -> Vec<String> {
