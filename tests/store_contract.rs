@@ -1,22 +1,23 @@
-//! The `SessionStore` contract, one suite run against both stores: every
+//! The `SessionStore` contract, one suite run against every store: each
 //! rule below is an `async fn` taking a [`Fixture`], and `contract!` turns
-//! each into a test in `mod memory` (the in-process store) and `mod redis`
-//! (a private `redis-server`). Time is injected (`now`) everywhere except
-//! the rate-limit window, which Redis keeps with its own clock.
+//! each into a test in `mod memory` (the in-process store), `mod redis` (a
+//! private `redis-server`) and `mod cluster` (a private three-node Redis
+//! Cluster). Time is injected (`now`) everywhere except the rate-limit
+//! window, which Redis keeps with its own clock.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sessiongate::session::{Event, Session, Status, rfc3339};
 use sessiongate::store::memory::MemoryStore;
 use sessiongate::store::redis::RedisStore;
-use sessiongate::store::{RateDecision, Rules, SessionStore};
-use support::Redis;
+use sessiongate::store::{Created, RateDecision, Rules, SessionStore, StoreError};
+use support::{Redis, RedisCluster};
 use tokio::sync::broadcast;
 
 const IDLE_MS: u64 = 10_000;
@@ -36,6 +37,8 @@ struct Fixture {
     store: Arc<dyn SessionStore>,
     events: broadcast::Receiver<Event>,
     redis: Option<Redis>,
+    /// Held only to keep the cluster's servers alive as long as the fixture.
+    _cluster: Option<RedisCluster>,
     /// A realistic "now" for injected times.
     t0: u64,
 }
@@ -46,6 +49,7 @@ async fn memory_fixture() -> Fixture {
         events: store.events(),
         store,
         redis: None,
+        _cluster: None,
         t0: sessiongate::gate::now_ms(),
     }
 }
@@ -55,9 +59,38 @@ async fn redis_fixture() -> Fixture {
     let store = RedisStore::new(&redis.url(), "sg:", Duration::from_millis(500)).unwrap();
     store.start_events();
     let mut events = store.events();
-    // The relay subscribes in the background: publish probes on the channel
-    // until one comes back, so no later event can be missed.
-    let mut con = redis
+    subscribed(&redis, &mut events).await;
+    Fixture {
+        store,
+        events,
+        redis: Some(redis),
+        _cluster: None,
+        t0: sessiongate::gate::now_ms(),
+    }
+}
+
+async fn cluster_fixture() -> Fixture {
+    let cluster = RedisCluster::spawn().await;
+    let inner =
+        RedisStore::with_cluster(&cluster.urls(), None, "sg:", Duration::from_millis(500)).unwrap();
+    inner.start_events();
+    let store = Tagged::wrap(inner);
+    let mut events = store.events();
+    subscribed(&cluster.nodes[0], &mut events).await;
+    Fixture {
+        store,
+        events,
+        redis: None,
+        _cluster: Some(cluster),
+        t0: sessiongate::gate::now_ms(),
+    }
+}
+
+/// The store's event relay subscribes in the background: publish probes on
+/// the channel (through `node`) until one comes back, so no later event can
+/// be missed.
+async fn subscribed(node: &Redis, events: &mut broadcast::Receiver<Event>) {
+    let mut con = node
         .client()
         .get_multiplexed_async_connection()
         .await
@@ -79,11 +112,158 @@ async fn redis_fixture() -> Fixture {
             break;
         }
     }
-    Fixture {
-        store,
-        events,
-        redis: Some(redis),
-        t0: sessiongate::gate::now_ms(),
+}
+
+/// Redis Cluster keeps one user's records in one slot by the owner's tag that
+/// ends every session id the gate mints. The rules below use short literal
+/// ids, so for the cluster each is given the tag of the user it is created
+/// for on the way in, and has it taken off again in everything that comes out.
+struct Tagged {
+    inner: Arc<dyn SessionStore>,
+    /// literal -> tagged, and back.
+    ids: Mutex<(HashMap<String, String>, HashMap<String, String>)>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Tagged {
+    fn wrap(inner: Arc<dyn SessionStore>) -> Arc<Tagged> {
+        let (events, _) = broadcast::channel(4096);
+        let me = Arc::new(Tagged {
+            inner: Arc::clone(&inner),
+            ids: Mutex::default(),
+            events,
+        });
+        // Subscribed before any call, so no event is missed.
+        let mut rx = inner.events();
+        let relay = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            loop {
+                let mut ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(me) = relay.upgrade() else { return };
+                ev.sid = me.literal(&ev.sid);
+                let _ = me.events.send(ev);
+            }
+        });
+        me
+    }
+
+    fn tagged(&self, sid: &str) -> String {
+        let ids = self.ids.lock().unwrap();
+        ids.0.get(sid).cloned().unwrap_or_else(|| sid.to_owned())
+    }
+
+    fn literal(&self, sid: &str) -> String {
+        let ids = self.ids.lock().unwrap();
+        ids.1.get(sid).cloned().unwrap_or_else(|| sid.to_owned())
+    }
+
+    fn untag(&self, mut s: Session) -> Session {
+        s.id = self.literal(&s.id);
+        s
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Tagged {
+    async fn create(&self, s: &Session, max: u32, rules: Rules) -> Result<Created, StoreError> {
+        assert!(s.id.len() <= 24, "literal id {} too long to tag", s.id);
+        let tag = sessiongate::session::user_tag(&s.user_id);
+        let tagged = format!("{:_<24}{tag}", s.id);
+        {
+            let mut ids = self.ids.lock().unwrap();
+            ids.0.insert(s.id.clone(), tagged.clone());
+            ids.1.insert(tagged.clone(), s.id.clone());
+        }
+        let mut inner = s.clone();
+        inner.id = tagged;
+        let mut created = self.inner.create(&inner, max, rules).await?;
+        for id in &mut created.replaced {
+            *id = self.literal(id);
+        }
+        Ok(created)
+    }
+
+    async fn check(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<sessiongate::session::Liveness>, StoreError> {
+        self.inner.check(&self.tagged(sid), now, rules).await
+    }
+
+    async fn get(&self, sid: &str, now: u64, rules: Rules) -> Result<Option<Session>, StoreError> {
+        let s = self.inner.get(&self.tagged(sid), now, rules).await?;
+        Ok(s.map(|s| self.untag(s)))
+    }
+
+    async fn touch(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let s = self.inner.touch(&self.tagged(sid), now, rules).await?;
+        Ok(s.map(|s| self.untag(s)))
+    }
+
+    async fn refresh(
+        &self,
+        sid: &str,
+        expire_at: u64,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let s = self
+            .inner
+            .refresh(&self.tagged(sid), expire_at, now, rules)
+            .await?;
+        Ok(s.map(|s| self.untag(s)))
+    }
+
+    async fn set_status(
+        &self,
+        sid: &str,
+        status: Status,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let s = self
+            .inner
+            .set_status(&self.tagged(sid), status, now, rules)
+            .await?;
+        Ok(s.map(|s| self.untag(s)))
+    }
+
+    async fn list(&self, user: &str, now: u64, rules: Rules) -> Result<Vec<Session>, StoreError> {
+        let list = self.inner.list(user, now, rules).await?;
+        Ok(list.into_iter().map(|s| self.untag(s)).collect())
+    }
+
+    async fn revoke_user(&self, user: &str, now: u64, rules: Rules) -> Result<u64, StoreError> {
+        self.inner.revoke_user(user, now, rules).await
+    }
+
+    async fn hit_rate(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<RateDecision, StoreError> {
+        self.inner.hit_rate(key, limit, window_ms, now).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 }
 
@@ -627,9 +807,11 @@ async fn every_status_change_emits_exactly_one_event(mut f: Fixture) {
         .await
         .unwrap();
     let got = f.drain(Duration::from_millis(300)).await;
-    // The user's revocation walks the index newest first in Redis and
-    // oldest first in memory: compare those two as a set.
-    let (head, tail) = got.split_at(got.len().saturating_sub(2));
+    // Order holds per user (one user's records share one Redis Cluster node;
+    // across nodes the cluster relays events in no set order). The other
+    // user's revocation walks the index newest first in Redis and oldest
+    // first in memory: compare those two as a set.
+    let (head, mut tail): (Vec<Event>, Vec<Event>) = got.into_iter().partition(|e| e.user_id == u);
     assert_eq!(
         head,
         [
@@ -640,7 +822,6 @@ async fn every_status_change_emits_exactly_one_event(mut f: Fixture) {
             ev("ev-idle", u, Status::Abandoned, t + 3 + IDLE_MS),
         ]
     );
-    let mut tail = tail.to_vec();
     tail.sort_by(|a, b| a.sid.cmp(&b.sid));
     assert_eq!(
         tail,
@@ -813,6 +994,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $rule() {
                     super::$rule(super::redis_fixture().await).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    super::$rule(super::cluster_fixture().await).await;
                 }
             )*
         }
