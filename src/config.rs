@@ -300,6 +300,17 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Extension: upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Extension: TLS to the upstreams (controller routes).
+    pub tls: Option<RouteTls>,
+}
+
+/// Extension: TLS from the gate to a controller route's upstreams.
+#[derive(Debug, Clone)]
+pub struct RouteTls {
+    /// The server name sent and verified.
+    pub sni: String,
+    /// The CA's certificates (DER) to verify with, instead of the system's roots.
+    pub ca: Option<std::sync::Arc<Vec<Vec<u8>>>>,
 }
 
 /// Extension beyond the SPEC: the `server:` block.

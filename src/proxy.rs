@@ -26,8 +26,10 @@ use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora::protocols::tls::CaType;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{WrappedX509, parse_x509};
 
 use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind};
@@ -47,11 +49,49 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 pub struct Proxy {
     gate: Arc<Gate>,
     health: Arc<Health>,
+    /// Routes' upstream CAs in Pingora's form, parsed once per config: keyed by
+    /// the address of the config's copy, which each entry holds on to (so the
+    /// address cannot be reused while the entry lives).
+    cas: std::sync::Mutex<Vec<(CaDers, Arc<CaType>)>>,
 }
+
+/// A route's upstream CA as the config holds it: DER certificates.
+type CaDers = Arc<Vec<Vec<u8>>>;
+
+/// Kept CA entries; beyond this (many reloads), the oldest go.
+const MAX_CAS: usize = 16;
 
 impl Proxy {
     pub fn new(gate: Arc<Gate>, health: Arc<Health>) -> Proxy {
-        Proxy { gate, health }
+        Proxy {
+            gate,
+            health,
+            cas: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The CA of a TLS route in the form Pingora takes.
+    fn ca(&self, ders: &CaDers) -> Arc<CaType> {
+        let build = || -> Arc<CaType> {
+            // The config check parsed each certificate, so parse_x509 cannot fail here.
+            let certs: Vec<WrappedX509> = ders
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect();
+            Arc::from(certs)
+        };
+        let Ok(mut cas) = self.cas.lock() else {
+            return build();
+        };
+        if let Some((_, ca)) = cas.iter().find(|(k, _)| Arc::ptr_eq(k, ders)) {
+            return Arc::clone(ca);
+        }
+        let ca = build();
+        if cas.len() >= MAX_CAS {
+            cas.remove(0);
+        }
+        cas.push((Arc::clone(ders), Arc::clone(&ca)));
+        ca
     }
 }
 
@@ -542,7 +582,14 @@ impl ProxyHttp for Proxy {
             ));
         };
         ctx.upstream = Some(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &route.config.tls {
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
+                peer.options.ca = tls.ca.as_ref().map(|ders| self.ca(ders));
+                peer
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(route.config.connect_timeout);
         peer.options.read_timeout = Some(route.config.timeout);
         peer.options.write_timeout = Some(route.config.timeout);

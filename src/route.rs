@@ -368,6 +368,7 @@ mod tests {
             origins: None,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 

@@ -553,3 +553,29 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     assert_eq!((r.status, r.error()), (503, "store_unavailable".to_owned()));
     assert_eq!(untrusted.admin_req("GET", "/readyz").await.status, 503);
 }
+
+/// `routes[].tls`: the gate speaks TLS to the upstream and verifies it with
+/// the route's CA; a route that trusts only the system's roots refuses the
+/// same upstream with 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_is_verified_against_the_routes_ca() {
+    let redis = Redis::spawn().await;
+    let dir = scratch_dir("https");
+    let certs = TestCerts::make(&dir);
+    let up = Upstream::https(&certs).await;
+    let routes = format!(
+        "  - name: secure\n    kind: controller\n    path: /secure\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{ca_file: \"{ca}\"}}\n  - name: untrusted\n    kind: controller\n    path: /untrusted\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{}}\n",
+        a = up.addr,
+        ca = certs.ca.display()
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let r = gate.get("/secure/x", Some(&ticket)).await;
+    assert_eq!((r.status, r.text()), (200, "tls:u-alice".to_owned()));
+    let r = gate.get("/untrusted/x", Some(&ticket)).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (502, "upstream_unavailable".to_owned())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -727,6 +727,7 @@ impl<'a> Ctx<'a> {
                 .filter_map(|(j, o)| self.origin(&format!("routes[{i}].origins[{j}]"), o))
                 .collect()
         });
+        let tls = r.tls.map(|tls| self.route_tls(i, kind, &r.upstreams, tls));
         RouteConfig {
             name: r.name,
             kind,
@@ -747,7 +748,43 @@ impl<'a> Ctx<'a> {
                 r.connect_timeout.as_deref(),
                 DEFAULT_CONNECT_TIMEOUT,
             ),
+            tls,
         }
+    }
+
+    fn route_tls(
+        &mut self,
+        i: usize,
+        kind: RouteKind,
+        upstreams: &[String],
+        raw: RawRouteTls,
+    ) -> RouteTls {
+        let p = |field: &str| format!("routes[{i}].tls{field}");
+        if kind == RouteKind::Gateway {
+            self.err(
+                &p(""),
+                "TLS to upstreams is supported on `kind: controller` routes only",
+            );
+        }
+        // By default the name verified is the first upstream's host as written.
+        let sni = raw.sni.unwrap_or_else(|| {
+            let first = upstreams.first().map_or("", String::as_str);
+            let host = first.rsplit_once(':').map_or(first, |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+        if sni.is_empty() {
+            self.err(&p(".sni"), "must not be empty");
+        }
+        let ca = raw.ca_file.and_then(|file| match load_ca(&file) {
+            Ok(ders) => Some(std::sync::Arc::new(ders)),
+            Err(why) => {
+                self.err(&p(".ca_file"), format!("{file}: {why}"));
+                None
+            }
+        });
+        RouteTls { sni, ca }
     }
 
     fn host(&mut self, path: &str, raw: &str) -> String {
@@ -942,6 +979,26 @@ fn is_session_api(prefix: &str) -> bool {
 /// RFC 9110 `tchar`: what a header name or cookie name may contain.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The certificates of a PEM file, as DER, each one checked to parse.
+fn load_ca(file: &str) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let mut ders = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
+        let block = block.map_err(|e| format!("not PEM: {e}"))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        block
+            .parse_x509()
+            .map_err(|e| format!("a certificate that does not parse: {e}"))?;
+        ders.push(block.contents);
+    }
+    if ders.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(ders)
 }
 
 fn is_host(host: &str) -> bool {

@@ -211,6 +211,14 @@ pub(super) struct RawRoute {
     pub(super) origins: Option<Vec<String>>,
     pub(super) timeout: Option<String>,
     pub(super) connect_timeout: Option<String>,
+    pub(super) tls: Option<RawRouteTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouteTls {
+    pub(super) sni: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]

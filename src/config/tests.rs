@@ -822,3 +822,49 @@ fn store_tls_needs_rediss_urls_and_a_readable_pem() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn route_tls_names_the_upstream_and_loads_a_ca_that_parses() {
+    let c = ok(&format!("{MINIMAL}    tls: {{}}\n"));
+    let tls = c.routes[0].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.sni, "127.0.0.1",
+        "defaults to the first upstream's host"
+    );
+    assert!(tls.ca.is_none());
+    let c = ok(&format!("{MINIMAL}    tls: {{sni: api.internal}}\n"));
+    assert_eq!(c.routes[0].tls.as_ref().unwrap().sni, "api.internal");
+
+    let e = errs(&format!(
+        "{MINIMAL}    tls: {{ca_file: /nonexistent/ca.pem}}\n"
+    ));
+    assert!(
+        only(&e).starts_with("12:20: routes[0].tls.ca_file: /nonexistent/ca.pem: cannot read"),
+        "{}",
+        lines(&e)
+    );
+    let dir = std::env::temp_dir().join(format!("sg-config-rtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bogus = dir.join("bogus.pem");
+    std::fs::write(
+        &bogus,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = errs(&format!(
+        "{MINIMAL}    tls: {{ca_file: \"{}\"}}\n",
+        bogus.display()
+    ));
+    assert!(only(&e).contains("does not parse"), "{}", lines(&e));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let gateway = MINIMAL.replace("kind: controller", "kind: gateway");
+    let e = errs(&format!("{gateway}    tls: {{}}\n"));
+    assert!(
+        only(&e).contains(
+            "routes[0].tls: TLS to upstreams is supported on `kind: controller` routes only"
+        ),
+        "{}",
+        lines(&e)
+    );
+}

@@ -123,19 +123,16 @@ impl Drop for Redis {
     }
 }
 
-/// A private redis-server that also listens with TLS, its certificate
-/// signed by a throwaway CA made with the `openssl` command.
-pub struct RedisTls {
-    pub redis: Redis,
-    pub tls_port: u16,
-    /// The CA's certificate (PEM).
+/// A throwaway CA and a server certificate for `127.0.0.1` it signed, made
+/// with the `openssl` command.
+pub struct TestCerts {
     pub ca: PathBuf,
-    dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
-impl RedisTls {
-    pub async fn spawn() -> RedisTls {
-        let dir = scratch_dir("tls");
+impl TestCerts {
+    pub fn make(dir: &std::path::Path) -> TestCerts {
         let path = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
         std::fs::write(
             dir.join("ext.cnf"),
@@ -199,8 +196,31 @@ impl RedisTls {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        TestCerts {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
+}
+
+/// A private redis-server that also listens with TLS, with a [`TestCerts`]
+/// server certificate.
+pub struct RedisTls {
+    pub redis: Redis,
+    pub tls_port: u16,
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl RedisTls {
+    pub async fn spawn() -> RedisTls {
+        let dir = scratch_dir("tls");
+        let certs = TestCerts::make(&dir);
         let tls_port = free_port().to_string();
-        let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+        let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_owned();
+        let (cert, key, ca) = (s(&certs.cert), s(&certs.key), s(&certs.ca));
         let args = [
             "--tls-port",
             &tls_port,
@@ -217,7 +237,7 @@ impl RedisTls {
         RedisTls {
             redis,
             tls_port: tls_port.parse().expect("port"),
-            ca: dir.join("ca.pem"),
+            ca: certs.ca,
             dir,
         }
     }
@@ -368,6 +388,54 @@ impl Upstream {
             addr,
             task: tokio::spawn(sessiongate::echo::serve_ws(l)),
         }
+    }
+
+    /// HTTPS with a [`TestCerts`] certificate: answers each request (then
+    /// closes) with `tls:<X-Session-User>`.
+    pub async fn https(certs: &TestCerts) -> Upstream {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let chain = vec![CertificateDer::from_pem_file(&certs.cert).expect("server cert")];
+        let key = PrivateKeyDer::from_pem_file(&certs.key).expect("server key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        Upstream::custom(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let user = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-session-user: "))
+                    .unwrap_or("-")
+                    .to_owned();
+                let body = format!("tls:{user}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        })
+        .await
     }
 
     /// Accepts connections and never answers.
