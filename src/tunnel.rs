@@ -185,10 +185,6 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn ctl(&self) -> &Arc<TunnelCtl> {
-        &self.ctl
-    }
-
     /// Counts the tunnel as open (in `gauge` and as in flight) until it ends.
     pub fn opened(&mut self, gauge: prometheus::IntGauge, in_flight: InFlight) {
         gauge.inc();
@@ -662,6 +658,17 @@ mod tests {
         (gate.unwrap(), server.unwrap().0)
     }
 
+    /// A relay between `client` and `upstream`, registered in `tunnels`, running.
+    fn spawn_relay(
+        tunnels: &Tunnels,
+        client: tokio::io::DuplexStream,
+        upstream: TcpStream,
+        early: &[u8],
+    ) -> tokio::task::JoinHandle<()> {
+        let reg = tunnels.register("s1", "chat", 0);
+        tokio::spawn(Relay::new(client, upstream, early, reg))
+    }
+
     /// A relay between a loopback upstream and an in-process client: frames
     /// pass, and ending the tunnel mid-frame lets the frame finish before the Close.
     #[tokio::test]
@@ -670,9 +677,7 @@ mod tests {
         let (up_gate, mut up_server) = tcp_pair().await;
         let (client_gate, mut client) = tokio::io::duplex(64 * 1024);
         let tunnels = Tunnels::default();
-        let reg = tunnels.register("s1", "chat", 0);
-        let ctl = Arc::clone(reg.ctl());
-        let relay = tokio::spawn(Relay::new(client_gate, up_gate, &[0x81, 0x01, b'a'], reg));
+        let relay = spawn_relay(&tunnels, client_gate, up_gate, &[0x81, 0x01, b'a']);
 
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();
@@ -681,7 +686,7 @@ mod tests {
         up_server.write_all(&[0x82, 0x04, 1, 2]).await.unwrap();
         let mut half = [0u8; 4];
         client.read_exact(&mut half).await.unwrap();
-        ctl.end(CLOSE_SESSION_ENDED, "session revoked".into());
+        tunnels.end_session("s1", Status::Revoked);
         up_server
             .write_all(&[3, 4, 0x81, 0x01, b'z'])
             .await
@@ -713,12 +718,7 @@ mod tests {
         let (up_gate, mut up_server) = tcp_pair().await;
         let (client_gate, _client) = tokio::io::duplex(1024);
         let tunnels = Tunnels::default();
-        let relay = tokio::spawn(Relay::new(
-            client_gate,
-            up_gate,
-            &[],
-            tunnels.register("s1", "chat", 0),
-        ));
+        let relay = spawn_relay(&tunnels, client_gate, up_gate, &[]);
         // Far more than the client side holds; the client reads none of it.
         let flood = tokio::spawn(async move {
             let chunk = vec![0u8; 64 * 1024];
@@ -741,12 +741,7 @@ mod tests {
         let (up_gate, mut up_server) = tcp_pair().await;
         let (client_gate, mut client) = tokio::io::duplex(1024);
         let tunnels = Tunnels::default();
-        let relay = tokio::spawn(Relay::new(
-            client_gate,
-            up_gate,
-            &[],
-            tunnels.register("s1", "chat", 0),
-        ));
+        let relay = spawn_relay(&tunnels, client_gate, up_gate, &[]);
         up_server
             .write_all(&[0x81, 0x02, b'o', b'k'])
             .await

@@ -203,13 +203,7 @@ async fn losing_the_cluster_is_a_503_and_its_return_recovers() {
     // Back, empty: the old session is unknown, a new login works.
     cluster.restart().await;
     let back = eventually(Duration::from_secs(15), || async {
-        let r = gate
-            .post(
-                "/_session/login",
-                None,
-                r#"{"username":"alice","password":"wonderland"}"#,
-            )
-            .await;
+        let r = gate.try_login("alice", "wonderland").await;
         (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap().to_owned())
     })
     .await

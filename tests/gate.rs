@@ -497,13 +497,7 @@ async fn sentinel_failover_is_followed() {
     // Writes (a login) reach the new master, and the session written before
     // the failover was replicated: its ticket still works.
     let after = eventually(Duration::from_secs(10), || async {
-        let r = gate
-            .post(
-                "/_session/login",
-                None,
-                r#"{"username":"bob","password":"builder"}"#,
-            )
-            .await;
+        let r = gate.try_login("bob", "builder").await;
         (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap().to_owned())
     })
     .await
@@ -543,13 +537,7 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     assert_eq!(gate.admin_req("GET", "/readyz").await.status, 200);
 
     let untrusted = Gate::start(&store("").routes(&routes(http.addr, http.addr))).await;
-    let r = untrusted
-        .post(
-            "/_session/login",
-            None,
-            r#"{"username":"alice","password":"wonderland"}"#,
-        )
-        .await;
+    let r = untrusted.try_login("alice", "wonderland").await;
     assert_eq!((r.status, r.error()), (503, "store_unavailable".to_owned()));
     assert_eq!(untrusted.admin_req("GET", "/readyz").await.status, 503);
 }

@@ -724,14 +724,18 @@ impl Gate {
     }
 
     /// Logs in; returns (ticket, whole response).
+    /// Asks for a login; the answer may be a refusal.
+    pub async fn try_login(&self, user: &str, password: &str) -> Resp {
+        self.post(
+            "/_session/login",
+            None,
+            &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
+        )
+        .await
+    }
+
     pub async fn login(&self, user: &str, password: &str) -> (String, Resp) {
-        let r = self
-            .post(
-                "/_session/login",
-                None,
-                &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
-            )
-            .await;
+        let r = self.try_login(user, password).await;
         assert_eq!(r.status, 201, "login failed: {}", r.text());
         let t = r.json()["ticket"].as_str().expect("ticket").to_owned();
         (t, r)
