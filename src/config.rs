@@ -300,11 +300,11 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Extension: upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Extension: TLS to the upstreams (controller routes).
+    /// Extension: TLS to the upstreams.
     pub tls: Option<RouteTls>,
 }
 
-/// Extension: TLS from the gate to a controller route's upstreams.
+/// Extension: TLS from the gate to a route's upstreams.
 #[derive(Debug, Clone)]
 pub struct RouteTls {
     /// The server name sent and verified.

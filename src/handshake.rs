@@ -7,15 +7,23 @@
 //! making the client's headers fit to send on, writing the request head,
 //! reading the response head, and reading a refusal (any answer but 101)
 //! whole, so the proxy glue can pass it to the client on a connection that
-//! stays open.
+//! stays open. A route with `tls` reaches its upstream over TLS ([`TlsClient`]).
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::config::RouteTls;
 
 /// Largest response head accepted from an upstream.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -44,6 +52,11 @@ pub enum HandshakeError {
     Closed { addr: SocketAddr },
     #[error("upstream {addr} answered with a malformed response: {why}")]
     Malformed { addr: SocketAddr, why: &'static str },
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl HandshakeError {
@@ -51,7 +64,9 @@ impl HandshakeError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            HandshakeError::Connect { .. } | HandshakeError::ConnectTimeout { .. }
+            HandshakeError::Connect { .. }
+                | HandshakeError::ConnectTimeout { .. }
+                | HandshakeError::Tls { .. }
         )
     }
 
@@ -158,25 +173,125 @@ impl Answer {
     }
 }
 
-/// Connects to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, HandshakeError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => {
-            // Frames are small and latency-bound.
-            let _ = tcp.set_nodelay(true);
-            Ok(tcp)
+/// What a route's upstreams are verified with, built once per config.
+pub struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl TlsClient {
+    /// The route's CA, or the system's roots when it names none.
+    pub fn new(tls: &RouteTls) -> Result<TlsClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca {
+            Some(ders) => {
+                for der in ders.iter() {
+                    roots
+                        .add(CertificateDer::from(der.clone()))
+                        .map_err(|e| format!("CA certificate: {e}"))?;
+                }
+            }
+            None => {
+                // One unusable system certificate must not cost the others.
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
         }
-        Ok(Err(source)) => Err(HandshakeError::Connect { addr, source }),
-        Err(_) => Err(HandshakeError::ConnectTimeout {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(tls.sni.clone()).map_err(|e| format!("sni: {e}"))?;
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+/// A connection to an upstream, plain or TLS.
+pub enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects to `addr`, and does the TLS handshake when `tls` is given, all
+/// within `timeout`.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&TlsClient>,
+) -> Result<Upstream, HandshakeError> {
+    let work = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| HandshakeError::Connect { addr, source })?;
+        // Frames are small and latency-bound.
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => Ok(Upstream::Plain(tcp)),
+            Some(t) => t
+                .connector
+                .connect(t.name.clone(), tcp)
+                .await
+                .map(|s| Upstream::Tls(Box::new(s)))
+                .map_err(|source| HandshakeError::Tls { addr, source }),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(HandshakeError::ConnectTimeout {
             addr,
             after: timeout,
-        }),
+        }))
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
 /// Sends `request` and reads the response head, all within `timeout`.
 pub async fn exchange(
-    tcp: &mut TcpStream,
+    tcp: &mut Upstream,
     addr: SocketAddr,
     request: &[u8],
     timeout: Duration,
@@ -214,7 +329,7 @@ pub async fn exchange(
 }
 
 async fn read_more(
-    tcp: &mut TcpStream,
+    tcp: &mut Upstream,
     buf: &mut Vec<u8>,
     addr: SocketAddr,
 ) -> Result<usize, HandshakeError> {
@@ -250,7 +365,7 @@ pub struct Refusal {
 /// Reads the rest of a non-101 answer: its body, framed by `Content-Length`,
 /// chunked coding or the end of the connection, within `timeout`.
 pub async fn read_refusal(
-    tcp: &mut TcpStream,
+    tcp: &mut Upstream,
     addr: SocketAddr,
     answer: Answer,
     timeout: Duration,
@@ -322,7 +437,7 @@ enum Framing {
 }
 
 async fn read_body(
-    tcp: &mut TcpStream,
+    tcp: &mut Upstream,
     addr: SocketAddr,
     mut raw: Vec<u8>,
     framing: Framing,

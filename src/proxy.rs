@@ -32,10 +32,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{WrappedX509, parse_x509};
 
 use crate::api::{self, ApiRequest, Response};
-use crate::config::{AuthPolicy, RouteKind};
+use crate::config::{AuthPolicy, RouteKind, RouteTls};
 use crate::credentials::{TicketFrom, cookie, cookies_without, find_ticket, query_without_ticket};
 use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
-use crate::handshake::{self, HandshakeError};
+use crate::handshake::{self, HandshakeError, TlsClient};
 use crate::health::Health;
 use crate::reject::Reject;
 use crate::route::{Route, normalize_path};
@@ -53,7 +53,12 @@ pub struct Proxy {
     /// the address of the config's copy, which each entry holds on to (so the
     /// address cannot be reused while the entry lives).
     cas: std::sync::Mutex<Vec<(CaDers, Arc<CaType>)>>,
+    /// Gateway routes' TLS clients, one per (SNI, CA) of the config, which
+    /// each entry holds on to as `cas` does.
+    tls_clients: std::sync::Mutex<Vec<(TlsKey, Arc<TlsClient>)>>,
 }
+
+type TlsKey = (String, Option<CaDers>);
 
 /// A route's upstream CA as the config holds it: DER certificates.
 type CaDers = Arc<Vec<Vec<u8>>>;
@@ -67,7 +72,34 @@ impl Proxy {
             gate,
             health,
             cas: std::sync::Mutex::default(),
+            tls_clients: std::sync::Mutex::default(),
         }
+    }
+
+    /// The TLS client of a gateway route, built on first use (loading the
+    /// system's roots is not for every handshake).
+    fn tls_client(&self, tls: &RouteTls) -> Result<Arc<TlsClient>, String> {
+        let same = |(sni, ca): &TlsKey| {
+            *sni == tls.sni
+                && match (ca, &tls.ca) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        if let Ok(list) = self.tls_clients.lock()
+            && let Some((_, client)) = list.iter().find(|(k, _)| same(k))
+        {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(TlsClient::new(tls)?);
+        if let Ok(mut list) = self.tls_clients.lock() {
+            if list.len() >= MAX_CAS {
+                list.remove(0);
+            }
+            list.push(((tls.sni.clone(), tls.ca.clone()), Arc::clone(&client)));
+        }
+        Ok(client)
     }
 
     /// The CA of a TLS route in the form Pingora takes.
@@ -202,6 +234,14 @@ impl Proxy {
         // Looked up first, so the route's gauge reads 0 rather than missing
         // after a refused handshake.
         let gauge = self.gate.metrics.websockets.with_label_values(&[&cfg.name]);
+        let tls = match cfg.tls.as_ref().map(|t| self.tls_client(t)).transpose() {
+            Ok(tls) => tls,
+            Err(why) => {
+                return self
+                    .tunnel_failed(session, ctx, route, Reject::UpstreamUnavailable, &why)
+                    .await;
+            }
+        };
         let mut tries = 0;
         let (mut tcp, answer, addr) = loop {
             let Some(addr) = route.pick_upstream(|a| self.health.is_up(a)) else {
@@ -212,7 +252,7 @@ impl Proxy {
             };
             ctx.upstream = Some(addr);
             tries += 1;
-            let res = match handshake::connect(addr, cfg.connect_timeout).await {
+            let res = match handshake::connect(addr, cfg.connect_timeout, tls.as_deref()).await {
                 Ok(mut tcp) => handshake::exchange(&mut tcp, addr, &request, cfg.timeout)
                     .await
                     .map(|a| (tcp, a, addr)),

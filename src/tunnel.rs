@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::gate::{InFlight, now_ms};
@@ -210,9 +209,9 @@ impl Drop for Registration {
 
 /// Relays one open tunnel until either side ends it or the gate does.
 /// Spawn it; it resolves when both sockets are done with.
-pub struct Relay<C> {
+pub struct Relay<C, U> {
     client: C,
-    upstream: TcpStream,
+    upstream: U,
     reg: Registration,
     /// Upstream to client.
     down: Flow,
@@ -226,10 +225,14 @@ pub struct Relay<C> {
     stall: Option<Pin<Box<Sleep>>>,
 }
 
-impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
+impl<C, U> Relay<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     /// `early` holds upstream bytes read past the 101 head: frames the upstream
     /// sent at once, still owed to the client.
-    pub fn new(client: C, upstream: TcpStream, early: &[u8], reg: Registration) -> Relay<C> {
+    pub fn new(client: C, upstream: U, early: &[u8], reg: Registration) -> Relay<C, U> {
         let mut down = Flow::default();
         if !early.is_empty() {
             down.frames.feed(early);
@@ -308,7 +311,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
     }
 }
 
-impl<C: AsyncRead + AsyncWrite + Unpin> Future for Relay<C> {
+impl<C, U> Future for Relay<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -596,6 +603,7 @@ impl FrameTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn small_frames_leave_a_boundary() {

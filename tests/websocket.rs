@@ -552,3 +552,39 @@ async fn handshake_failures_answer_502_or_504_and_a_live_upstream_is_tried_next(
         assert!(m.lines().any(|l| l == line), "missing {line} in\n{m}");
     }
 }
+
+/// `routes[].tls` on a gateway: the handshake and the frames go over TLS,
+/// verified with the route's CA; trusting only the system's roots, the same
+/// upstream is refused with 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reaches_a_tls_upstream_verified_by_its_ca() {
+    let redis = Redis::spawn().await;
+    let dir = scratch_dir("wss");
+    let certs = TestCerts::make(&dir);
+    let up = Upstream::wss(&certs).await;
+    let routes = format!(
+        "  - name: secure\n    kind: gateway\n    path: /secure\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{ca_file: \"{ca}\"}}\n  - name: untrusted\n    kind: gateway\n    path: /untrusted\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{}}\n",
+        a = up.addr,
+        ca = certs.ca.display()
+    );
+    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let url = |path: &str| format!("ws://{}/{path}?ticket={ticket}", gate.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url("secure"))
+        .await
+        .expect("TLS gateway opens");
+    ws.send(Message::Text("over tls".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("over tls".into())
+    );
+    let (status, body) = http_status(refused(
+        tokio_tungstenite::connect_async(url("untrusted"))
+            .await
+            .map(|(ws, _)| ws),
+        "untrusted upstream",
+    ));
+    assert_eq!(status, 502);
+    assert!(body.contains("upstream_unavailable"), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -727,7 +727,7 @@ impl<'a> Ctx<'a> {
                 .filter_map(|(j, o)| self.origin(&format!("routes[{i}].origins[{j}]"), o))
                 .collect()
         });
-        let tls = r.tls.map(|tls| self.route_tls(i, kind, &r.upstreams, tls));
+        let tls = r.tls.map(|tls| self.route_tls(i, &r.upstreams, tls));
         RouteConfig {
             name: r.name,
             kind,
@@ -752,20 +752,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn route_tls(
-        &mut self,
-        i: usize,
-        kind: RouteKind,
-        upstreams: &[String],
-        raw: RawRouteTls,
-    ) -> RouteTls {
+    fn route_tls(&mut self, i: usize, upstreams: &[String], raw: RawRouteTls) -> RouteTls {
         let p = |field: &str| format!("routes[{i}].tls{field}");
-        if kind == RouteKind::Gateway {
-            self.err(
-                &p(""),
-                "TLS to upstreams is supported on `kind: controller` routes only",
-            );
-        }
         // By default the name verified is the first upstream's host as written.
         let sni = raw.sni.unwrap_or_else(|| {
             let first = upstreams.first().map_or("", String::as_str);

@@ -393,19 +393,7 @@ impl Upstream {
     /// HTTPS with a [`TestCerts`] certificate: answers each request (then
     /// closes) with `tls:<X-Session-User>`.
     pub async fn https(certs: &TestCerts) -> Upstream {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        use tokio_rustls::rustls;
-        let chain = vec![CertificateDer::from_pem_file(&certs.cert).expect("server cert")];
-        let key = PrivateKeyDer::from_pem_file(&certs.key).expect("server key");
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let acceptor = tls_acceptor(certs);
         Upstream::custom(move |tcp| {
             let acceptor = acceptor.clone();
             async move {
@@ -433,6 +421,29 @@ impl Upstream {
                 );
                 let _ = tls.write_all(resp.as_bytes()).await;
                 let _ = tls.shutdown().await;
+            }
+        })
+        .await
+    }
+
+    /// A WebSocket echo over TLS with a [`TestCerts`] certificate.
+    pub async fn wss(certs: &TestCerts) -> Upstream {
+        let acceptor = tls_acceptor(certs);
+        Upstream::custom(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                use futures_util::{SinkExt, StreamExt};
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
             }
         })
         .await
@@ -466,6 +477,23 @@ impl Upstream {
         });
         Upstream { addr, task }
     }
+}
+
+/// A TLS server side with a [`TestCerts`] certificate.
+fn tls_acceptor(certs: &TestCerts) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let chain = vec![CertificateDer::from_pem_file(&certs.cert).expect("server cert")];
+    let key = PrivateKeyDer::from_pem_file(&certs.key).expect("server key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
 
 impl Drop for Upstream {
