@@ -49,80 +49,96 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 pub struct Proxy {
     gate: Arc<Gate>,
     health: Arc<Health>,
-    /// Routes' upstream CAs in Pingora's form, parsed once per config: keyed by
-    /// the address of the config's copy, which each entry holds on to (so the
-    /// address cannot be reused while the entry lives).
-    cas: std::sync::Mutex<Vec<(CaDers, Arc<CaType>)>>,
-    /// Gateway routes' TLS clients, one per (SNI, CA) of the config, which
-    /// each entry holds on to as `cas` does.
-    tls_clients: std::sync::Mutex<Vec<(TlsKey, Arc<TlsClient>)>>,
+    /// Routes' upstream CAs in Pingora's form (controllers).
+    cas: Derived<CaDers, CaType>,
+    /// Routes' TLS clients (gateways), one per SNI and CA.
+    tls_clients: Derived<(String, Option<CaDers>), TlsClient>,
 }
-
-type TlsKey = (String, Option<CaDers>);
 
 /// A route's upstream CA as the config holds it: DER certificates.
 type CaDers = Arc<Vec<Vec<u8>>>;
 
-/// Kept CA entries; beyond this (many reloads), the oldest go.
-const MAX_CAS: usize = 16;
+/// Values built once from parts of a config rather than on every request.
+/// An entry is found by the config's own `Arc`s, which it holds on to, so
+/// their addresses cannot be reused while it lives; beyond [`MAX_DERIVED`]
+/// entries (many reloads) the oldest go.
+struct Derived<K, V: ?Sized> {
+    entries: std::sync::Mutex<Vec<(K, Arc<V>)>>,
+}
+
+const MAX_DERIVED: usize = 16;
+
+impl<K, V: ?Sized> Derived<K, V> {
+    fn new() -> Self {
+        Derived {
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    fn get_or_build<E>(
+        &self,
+        is_key: impl Fn(&K) -> bool,
+        key: impl FnOnce() -> K,
+        build: impl FnOnce() -> Result<Arc<V>, E>,
+    ) -> Result<Arc<V>, E> {
+        if let Ok(entries) = self.entries.lock()
+            && let Some((_, v)) = entries.iter().find(|(k, _)| is_key(k))
+        {
+            return Ok(Arc::clone(v));
+        }
+        // Built outside the lock: two first requests may both build; one stays.
+        let v = build()?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MAX_DERIVED {
+                entries.remove(0);
+            }
+            entries.push((key(), Arc::clone(&v)));
+        }
+        Ok(v)
+    }
+}
 
 impl Proxy {
     pub fn new(gate: Arc<Gate>, health: Arc<Health>) -> Proxy {
         Proxy {
             gate,
             health,
-            cas: std::sync::Mutex::default(),
-            tls_clients: std::sync::Mutex::default(),
+            cas: Derived::new(),
+            tls_clients: Derived::new(),
         }
     }
 
-    /// The TLS client of a gateway route, built on first use (loading the
-    /// system's roots is not for every handshake).
+    /// The TLS client of a gateway route (loading the system's roots is not
+    /// for every handshake).
     fn tls_client(&self, tls: &RouteTls) -> Result<Arc<TlsClient>, String> {
-        let same = |(sni, ca): &TlsKey| {
-            *sni == tls.sni
-                && match (ca, &tls.ca) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                }
-        };
-        if let Ok(list) = self.tls_clients.lock()
-            && let Some((_, client)) = list.iter().find(|(k, _)| same(k))
-        {
-            return Ok(Arc::clone(client));
-        }
-        let client = Arc::new(TlsClient::new(tls)?);
-        if let Ok(mut list) = self.tls_clients.lock() {
-            if list.len() >= MAX_CAS {
-                list.remove(0);
-            }
-            list.push(((tls.sni.clone(), tls.ca.clone()), Arc::clone(&client)));
-        }
-        Ok(client)
+        self.tls_clients.get_or_build(
+            |(sni, ca)| {
+                *sni == tls.sni
+                    && match (ca, &tls.ca) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            },
+            || (tls.sni.clone(), tls.ca.clone()),
+            || TlsClient::new(tls).map(Arc::new),
+        )
     }
 
-    /// The CA of a TLS route in the form Pingora takes.
+    /// The CA of a controller's TLS route in the form Pingora takes.
     fn ca(&self, ders: &CaDers) -> Arc<CaType> {
-        let build = || -> Arc<CaType> {
-            // The config check parsed each certificate, so parse_x509 cannot fail here.
-            let certs: Vec<WrappedX509> = ders
-                .iter()
-                .map(|der| WrappedX509::new(der.clone(), parse_x509))
-                .collect();
-            Arc::from(certs)
-        };
-        let Ok(mut cas) = self.cas.lock() else {
-            return build();
-        };
-        if let Some((_, ca)) = cas.iter().find(|(k, _)| Arc::ptr_eq(k, ders)) {
-            return Arc::clone(ca);
-        }
-        let ca = build();
-        if cas.len() >= MAX_CAS {
-            cas.remove(0);
-        }
-        cas.push((Arc::clone(ders), Arc::clone(&ca)));
+        let Ok(ca) = self.cas.get_or_build(
+            |k| Arc::ptr_eq(k, ders),
+            || Arc::clone(ders),
+            || {
+                // The config check parsed each certificate, so parse_x509 cannot fail here.
+                let certs: Vec<WrappedX509> = ders
+                    .iter()
+                    .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                    .collect();
+                Ok::<_, std::convert::Infallible>(Arc::from(certs))
+            },
+        );
         ca
     }
 }
