@@ -94,9 +94,10 @@ pub struct StoreConfig {
     /// the store again (status changes also reach it over pub/sub at once).
     /// `0s` sends every request to the store.
     pub cache: Duration,
-    /// Extension: the CA (PEM) that `rediss://` servers are verified with,
-    /// instead of the system's roots.
-    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Extension: the CA (PEM, read from `store.tls.ca_file` when the config
+    /// loads) that `rediss://` servers are verified with, instead of the
+    /// system's roots.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl StoreConfig {
@@ -107,7 +108,7 @@ impl StoreConfig {
             url: None,
             cluster: None,
             sentinel: None,
-            tls_ca_file: None,
+            tls_ca: None,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_STORE_TIMEOUT,
             on_unavailable: OnUnavailable::Deny,

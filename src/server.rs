@@ -56,13 +56,7 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
         StoreKind::Redis => {
             let (prefix, timeout) = (&cfg.store.key_prefix, cfg.store.timeout);
-            let ca = match &cfg.store.tls_ca_file {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    StartError::Store(format!("store.tls.ca_file {}: {e}", path.display()))
-                })?),
-                None => None,
-            };
-            let ca = ca.as_deref();
+            let ca = cfg.store.tls_ca.as_deref();
             let r = match (&cfg.store.url, &cfg.store.sentinel, &cfg.store.cluster) {
                 (Some(url), _, _) => RedisStore::with_ca(url, ca, prefix, timeout),
                 (None, Some(s), _) => {

@@ -299,7 +299,7 @@ impl<'a> Ctx<'a> {
                 self.redis_url(&format!("store.cluster[{i}]"), url, false);
             }
         }
-        let tls_ca_file = raw.tls.map(|tls| {
+        let tls_ca = raw.tls.and_then(|tls| {
             let path = "store.tls.ca_file";
             let urls: Vec<&String> = raw.url.iter().chain(raw.cluster.iter().flatten()).collect();
             if raw.sentinel.is_some() {
@@ -308,11 +308,16 @@ impl<'a> Ctx<'a> {
                 self.err("store.tls", "needs `rediss://` URLs: plain `redis://` does not use TLS");
             }
             match std::fs::read(&tls.ca_file) {
-                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {}
-                Ok(_) => self.err(path, "holds no PEM certificate"),
-                Err(e) => self.err(path, format!("cannot read {}: {e}", tls.ca_file)),
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
+                Ok(_) => {
+                    self.err(path, "holds no PEM certificate");
+                    None
+                }
+                Err(e) => {
+                    self.err(path, format!("cannot read {}: {e}", tls.ca_file));
+                    None
+                }
             }
-            std::path::PathBuf::from(tls.ca_file)
         });
         let sentinel = raw.sentinel.map(|s| {
             self.nonempty("store.sentinel.master", &s.master);
@@ -332,7 +337,7 @@ impl<'a> Ctx<'a> {
             url: raw.url,
             cluster: raw.cluster,
             sentinel,
-            tls_ca_file,
+            tls_ca,
             key_prefix: raw
                 .key_prefix
                 .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
