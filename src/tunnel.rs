@@ -667,12 +667,15 @@ mod tests {
     }
 
     /// A relay between `client` and `upstream`, registered in `tunnels`, running.
-    fn spawn_relay(
+    fn spawn_relay<U>(
         tunnels: &Tunnels,
         client: tokio::io::DuplexStream,
-        upstream: TcpStream,
+        upstream: U,
         early: &[u8],
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> tokio::task::JoinHandle<()>
+    where
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let reg = tunnels.register("s1", "chat", 0);
         tokio::spawn(Relay::new(client, upstream, early, reg))
     }
@@ -716,6 +719,50 @@ mod tests {
         assert_eq!(up_got[1], 0x80 | (2 + "session revoked".len() as u8));
         drop(client);
         drop(up_server);
+        relay.await.unwrap();
+        assert_eq!(tunnels.count(), 0);
+    }
+
+    /// Pingora cuts a downstream silent for 60 s by default; once a tunnel is
+    /// the relay's, nothing times out its silence. Both sides are in-process
+    /// pipes, so the paused clock skips through the silence without racing real
+    /// I/O: past 60 s and then a whole day, neither side sees a byte or an EOF,
+    /// and the tunnel still relays a frame each way afterwards.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_tunnel_is_never_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client_gate, mut client) = tokio::io::duplex(1024);
+        let (up_gate, mut up_server) = tokio::io::duplex(1024);
+        let tunnels = Tunnels::default();
+        let relay = spawn_relay(&tunnels, client_gate, up_gate, &[]);
+        let started = Instant::now();
+        let (mut c_buf, mut u_buf) = ([0u8; 64], [0u8; 64]);
+        for silence in [Duration::from_secs(61), Duration::from_secs(24 * 3600)] {
+            tokio::select! {
+                r = client.read(&mut c_buf) => panic!("client got {r:?} while silent"),
+                r = up_server.read(&mut u_buf) => panic!("upstream got {r:?} while silent"),
+                () = tokio::time::sleep(silence) => {}
+            }
+            assert!(
+                !relay.is_finished(),
+                "relay ended within {silence:?} of silence"
+            );
+        }
+        assert!(started.elapsed() > Duration::from_secs(24 * 3600 + 60));
+        assert_eq!(tunnels.count(), 1);
+        // A masked client frame goes up, an upstream frame comes down.
+        let hi = [0x81, 0x80 | 2, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+        client.write_all(&hi).await.unwrap();
+        up_server.read_exact(&mut u_buf[..hi.len()]).await.unwrap();
+        assert_eq!(u_buf[..hi.len()], hi);
+        up_server
+            .write_all(&[0x81, 0x02, b'o', b'k'])
+            .await
+            .unwrap();
+        client.read_exact(&mut c_buf[..4]).await.unwrap();
+        assert_eq!(c_buf[..4], [0x81, 0x02, b'o', b'k']);
+        assert!(!relay.is_finished());
+        drop((client, up_server));
         relay.await.unwrap();
         assert_eq!(tunnels.count(), 0);
     }

@@ -312,9 +312,17 @@ async fn sighup_and_file_changes_reload_routes_without_dropping_connections() {
     })
     .await;
     assert!(removed.is_some(), "route removed by the file watcher");
+    // Three more reloads under traffic, each one waited for in the metrics.
     for _ in 0..3 {
+        let ok = r#"sessiongate_config_reloads_total{outcome="ok"}"#;
+        let before = metric(&gate.admin_req("GET", "/metrics").await.text(), ok).unwrap_or(0.0);
         gate.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reloaded = eventually(Duration::from_secs(5), || async {
+            let now = metric(&gate.admin_req("GET", "/metrics").await.text(), ok)?;
+            (now > before).then_some(())
+        })
+        .await;
+        assert!(reloaded.is_some(), "SIGHUP reloaded:\n{}", gate.logs());
     }
     stop.store(true, Ordering::Relaxed);
     traffic.await.unwrap();
@@ -423,15 +431,25 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
 async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0() {
     let redis = Redis::spawn().await;
     let ws = Upstream::ws().await;
-    // An upstream that answers after 700 ms: in flight when SIGTERM lands.
-    let slow = Upstream::custom(|mut s| async move {
-        let mut buf = [0u8; 4096];
-        use tokio::io::AsyncReadExt;
-        let _ = s.read(&mut buf).await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
-            .await;
+    // An upstream that signals when a request reaches it and answers 700 ms
+    // later: in flight when SIGTERM lands.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let signal = arrived.clone();
+    let slow = Upstream::custom(move |mut s| {
+        let signal = signal.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            use tokio::io::AsyncReadExt;
+            // The gate's health probes connect and close without a byte.
+            if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                return;
+            }
+            signal.notify_one();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
+                .await;
+        }
     })
     .await;
     let routes = format!(
@@ -449,7 +467,9 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
     let addr = gate.addr;
     let in_flight =
         tokio::spawn(async move { http(addr, "GET /slow/x HTTP/1.1\r\nHost: g\r\n\r\n").await });
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the request reach the upstream
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("the request reaches the upstream");
     gate.signal("TERM");
     let r = in_flight
         .await

@@ -2,8 +2,10 @@
 //!
 //! `Redis::spawn()` starts a private `redis-server`; `Upstream::http()` /
 //! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime;
-//! `GateBuilder::new(yaml).spawn()` runs the real `sessiongate` binary and
-//! waits until it accepts connections. Everything is killed on drop.
+//! `Gate::start(&Setup::redis(&redis).routes(..))` (or `Gate::start_yaml` for
+//! a config of the test's own) runs the real `sessiongate` binary and waits
+//! until it answers `/healthz` and accepts connections. Everything is killed
+//! on drop.
 //! Waiting is done by probing readiness, never by fixed sleeps.
 
 #![allow(dead_code)]
@@ -503,15 +505,28 @@ impl Drop for Upstream {
 }
 
 /// A users file with `alice`/`wonderland` (player, tier=gold) and
-/// `bob`/`builder` (no roles).
+/// `bob`/`builder` (no roles), written as `users.yaml` in `dir`. The hashes
+/// are real argon2id PHC strings with tiny parameters (m=8, t=1, p=1), so
+/// a test logs in without waiting on the hash; the gate verifies whatever
+/// parameters a PHC string names.
 pub fn users_file(dir: &std::path::Path) -> PathBuf {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    use argon2::{Algorithm, Argon2, Params, Version};
     use std::sync::OnceLock;
     static HASHES: OnceLock<(String, String)> = OnceLock::new();
     let (a, b) = HASHES.get_or_init(|| {
-        (
-            sessiongate::login::hash_password("wonderland").expect("hash"),
-            sessiongate::login::hash_password("builder").expect("hash"),
-        )
+        let argon = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).expect("argon2 params"),
+        );
+        let hash = |pw: &str| {
+            argon
+                .hash_password(pw.as_bytes(), &SaltString::generate(&mut OsRng))
+                .expect("hash")
+                .to_string()
+        };
+        (hash("wonderland"), hash("builder"))
     });
     let p = dir.join("users.yaml");
     std::fs::write(
@@ -970,46 +985,20 @@ pub fn routes(http: SocketAddr, ws: SocketAddr) -> String {
     )
 }
 
-/// `alice`/`wonderland` and `bob`/`builder` exactly as in [`users_file`], but
-/// hashed with tiny argon2id parameters (m=8, t=1, p=1), so a test can log
-/// in hundreds of times without waiting on the hash. Written as
-/// `cheap-users.yaml` in `dir`.
+/// The same file as [`users_file`], whose hashes are now cheap too; kept
+/// for the tests that name `{cheap_users}` in [`Gate::start_with_login`].
 pub fn cheap_users_file(dir: &std::path::Path) -> PathBuf {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    use argon2::{Algorithm, Argon2, Params, Version};
-    let argon = Argon2::new(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        Params::new(8, 1, 1, None).expect("argon2 params"),
-    );
-    let hash = |pw: &str| {
-        argon
-            .hash_password(pw.as_bytes(), &SaltString::generate(&mut OsRng))
-            .expect("hash")
-            .to_string()
-    };
-    let p = dir.join("cheap-users.yaml");
-    std::fs::write(
-        &p,
-        format!(
-            "users:\n  - username: alice\n    password_hash: \"{}\"\n    id: u-alice\n    name: Alice\n    roles: [player]\n    vars: {{tier: gold}}\n  - username: bob\n    password_hash: \"{}\"\n    id: u-bob\n    name: Bob\n",
-            hash("wonderland"),
-            hash("builder")
-        ),
-    )
-    .expect("write users");
-    p
+    users_file(dir)
 }
 
 impl Gate {
     /// Like [`Gate::start`], with the lines under `login:` replaced by
-    /// `login` (each indented two spaces), for a delegate, low rate limits or
-    /// cheap hashes. In `login`, `{users}` stands for the standard users file
-    /// and `{cheap_users}` for [`cheap_users_file`].
+    /// `login` (each indented two spaces), for a delegate or low rate limits.
+    /// In `login`, `{users}` (or its older name `{cheap_users}`) stands for
+    /// the standard users file.
     pub async fn start_with_login(setup: &Setup, login: &str) -> Gate {
         let dir = scratch_dir("gate");
         let users = users_file(&dir);
-        let cheap = cheap_users_file(&dir);
         let (listen, admin) = (free_port(), free_port());
         let yaml = setup.yaml(listen, admin, &users);
         let standard = format!(
@@ -1022,7 +1011,7 @@ impl Gate {
         );
         let login = login
             .replace("{users}", &users.display().to_string())
-            .replace("{cheap_users}", &cheap.display().to_string());
+            .replace("{cheap_users}", &users.display().to_string());
         let yaml = yaml.replacen(&standard, &format!("login:\n{login}"), 1);
         Self::start_yaml(dir, &yaml, listen, admin, &[]).await
     }
