@@ -232,7 +232,8 @@ pub struct LoginConfig {
 
 #[derive(Debug, Clone)]
 pub struct DelegateConfig {
-    /// An absolute `http://` or `https://` URL.
+    /// An absolute `http://` URL: the delegate is called over plain HTTP
+    /// (`login.rs`), so `check.rs` refuses `https://` at load.
     pub url: String,
     pub timeout: Duration,
 }
