@@ -59,8 +59,8 @@ lint:
 test-unit: deps
 	$(CARGO) test --locked --lib
 
-# nextest schedules every test of every binary in one pool, so the long
-# WebSocket silence test overlaps the rest; plain cargo test is the fallback.
+# nextest schedules every test of every binary in one pool, so slow tests
+# overlap the rest; plain cargo test is the fallback.
 test: build check-conf
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast --test-threads 8; \
