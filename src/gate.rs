@@ -596,6 +596,33 @@ pub(crate) mod tests {
         settings_with("")
     }
 
+    #[test]
+    fn identity_prefix_is_stripped_with_underscores_read_as_dashes() {
+        let s = settings();
+        let is = |name: &str| {
+            s.identity
+                .is_identity(&HeaderName::from_bytes(name.as_bytes()).unwrap())
+        };
+        for name in [
+            "x-session-user",
+            "X_Session_User",
+            "x_session-roles",
+            "X-SESSION_VAR_TIER",
+            "x-session-",
+        ] {
+            assert!(is(name), "{name}");
+        }
+        for name in [
+            "x-sessionuser",
+            "x-sessio",
+            "xx-session-user",
+            "x.session.user",
+            "session-user",
+        ] {
+            assert!(!is(name), "{name}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_checks_of_one_session_share_one_round_trip() {
         let store = Arc::new(Counting {

@@ -1082,3 +1082,98 @@ fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
     };
     std::borrow::Cow::Borrowed(s)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn request(pairs: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in pairs {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn websocket_is_one_token_of_any_upgrade_header() {
+        for pairs in [
+            &[("upgrade", "websocket")][..],
+            &[("upgrade", "WebSocket")],
+            &[("upgrade", "foo, websocket")],
+            &[("upgrade", "foo"), ("upgrade", " websocket ")],
+        ] {
+            assert_eq!(
+                upgrade_of(&request(pairs).headers),
+                Upgrade::WebSocket,
+                "{pairs:?}"
+            );
+        }
+        for pairs in [
+            &[("upgrade", "h2c")][..],
+            &[("upgrade", "websocketx")],
+            &[("upgrade", "web socket")],
+        ] {
+            assert_eq!(
+                upgrade_of(&request(pairs).headers),
+                Upgrade::Other,
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(
+            upgrade_of(&request(&[("connection", "upgrade")]).headers),
+            Upgrade::None
+        );
+    }
+
+    #[test]
+    fn a_dropped_upgrade_takes_its_connection_token_along() {
+        let mut req = request(&[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("connection", "upgrade"),
+            ("connection", "keep-alive"),
+        ]);
+        drop_upgrade(&mut req).unwrap();
+        assert!(req.headers.get(header::UPGRADE).is_none());
+        let connection: Vec<&[u8]> = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(connection, [&b"HTTP2-Settings"[..], b"keep-alive"]);
+    }
+
+    #[test]
+    fn absolute_form_authority_comes_from_the_raw_target() {
+        let req = RequestHeader::build("GET", b"http://api.example.com/x?q=1", None).unwrap();
+        assert_eq!(
+            target_authority(&req),
+            Ok(Some(("http".to_owned(), "api.example.com".to_owned())))
+        );
+        assert_eq!(
+            req.uri.path(),
+            "/x",
+            "Pingora keeps only the path in the Uri"
+        );
+        let req = RequestHeader::build("GET", b"/x", None).unwrap();
+        assert_eq!(target_authority(&req), Ok(None));
+        for target in [
+            &b"*"[..],
+            b"ftp://api.example.com/x",
+            b"http://u@api.example.com/x",
+        ] {
+            let Ok(req) = RequestHeader::build("GET", target, None) else {
+                continue;
+            };
+            assert!(
+                target_authority(&req).is_err(),
+                "{:?}",
+                target.escape_ascii().to_string()
+            );
+        }
+    }
+}

@@ -125,12 +125,23 @@ async fn other_upgrades_are_dropped_and_served_as_plain_http() {
     let (rec, _) = recording(OK).await;
     let gate = Gate::start(&Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec))).await;
     for path in ["/public/x", "/gateway/plain/x"] {
-        let r = gate
-            .req(&format!(
-                "GET {path} HTTP/1.1\r\nHost: gate.test\r\nUpgrade: h2c, foo\r\nConnection: Upgrade, HTTP2-Settings, X-Drop\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Drop: 1\r\nX-Keep: 2\r\n\r\n"
-            ))
-            .await;
+        // With a body, and a second request after it on the same connection:
+        // both are plain HTTP all the way.
+        let mut s = TcpStream::connect(gate.addr).await.unwrap();
+        s.write_all(format!(
+            "POST {path} HTTP/1.1\r\nHost: gate.test\r\nUpgrade: h2c, foo\r\nConnection: Upgrade, HTTP2-Settings, X-Drop\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Drop: 1\r\nX-Keep: 2\r\nContent-Length: 5\r\n\r\nhello"
+        ).as_bytes()).await.unwrap();
+        let r = read_response(&mut s).await.unwrap();
         assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["body"], "hello", "{path}");
+        s.write_all(format!("GET {path}/next HTTP/1.1\r\nHost: gate.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let next = read_response(&mut s).await.unwrap();
+        assert_eq!(
+            (next.status, next.json()["path"].as_str()),
+            (200, Some(format!("{path}/next").as_str()))
+        );
         let h = r.upstream_headers();
         assert_eq!(h.get("upgrade"), None, "{path}");
         assert_eq!(h.get("http2-settings"), None, "{path}");
