@@ -8,6 +8,13 @@
 //! as its pipelined prefix, which Pingora parses without reading again.
 //! HTTP/2 connections go to Pingora whole, with the idle limit as its
 //! `h2_idle_timeout`.
+//!
+//! One look at the head comes first: Pingora refuses, with a bare 400, an
+//! absolute-form target whose authority differs from `Host` in any byte. The
+//! gate reads them as equal when they differ only in case or by the scheme's
+//! default port ([`crate::route::same_authority`]): such a target is sent on
+//! in origin-form, routed by `Host`; one that really differs gets the gate's
+//! JSON 400 ([`absolute_form`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +27,10 @@ use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::api::Response;
 use crate::gate::Gate;
+use crate::reject::Reject;
+use crate::route::same_authority;
 
 /// Pingora's own cap on a request head; past it the bytes go to Pingora,
 /// which answers 400.
@@ -112,6 +122,18 @@ where
                     return None;
                 }
             };
+            let head = match absolute_form(head) {
+                Target::Keep(head) => head,
+                Target::Refuse(why) => {
+                    tracing::info!(reason = why, "bad request target: 400, connection closed");
+                    let _ = pingora::prelude::timeout(WRITE_408, async {
+                        stream.write_all(&refusal(why)).await?;
+                        stream.flush().await
+                    })
+                    .await;
+                    return None;
+                }
+            };
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
@@ -198,6 +220,111 @@ async fn read_head(
     }
 }
 
+/// What [`absolute_form`] made of a head.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// For Pingora, as it came or with its target in origin-form.
+    Keep(BytesMut),
+    /// The target's authority and `Host` name different servers.
+    Refuse(&'static str),
+}
+
+/// Most headers Pingora parses in a head.
+const MAX_HEADERS: usize = 256;
+
+/// An absolute-form target whose authority names the same server as `Host`
+/// but not in the same bytes (`http://API.example.com/x` with
+/// `Host: api.example.com`, or `http://a.example:80/x` with `Host: a.example`)
+/// becomes origin-form (`/x`), so Pingora takes it and the route is chosen
+/// by `Host`; one naming another server is refused. Every other head is kept
+/// as it is: origin-form (looked at by one byte), a target without `Host`
+/// (the proxy routes it by its authority), and whatever Pingora refuses
+/// itself (several `Host`s, userinfo, an ambiguous target).
+fn absolute_form(head: BytesMut) -> Target {
+    use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(head.len());
+    let line = &head[start..];
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        return Target::Keep(head);
+    };
+    if matches!(line.get(sp + 1), Some(b'/' | b'*') | None) {
+        return Target::Keep(head);
+    }
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+        return Target::Keep(head);
+    }
+    let Some(target) = req.path else {
+        return Target::Keep(head);
+    };
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Target::Keep(head);
+    };
+    let RawTargetAuthority::Absolute {
+        scheme,
+        authority,
+        path_and_query,
+    } = raw_target_authority(target.as_bytes())
+    else {
+        return Target::Keep(head);
+    };
+    if host.value == authority || authority.contains(&b'@') {
+        return Target::Keep(head);
+    }
+    let (Ok(scheme), Ok(authority), Ok(host)) = (
+        std::str::from_utf8(scheme),
+        std::str::from_utf8(authority),
+        std::str::from_utf8(host.value),
+    ) else {
+        return Target::Keep(head);
+    };
+    if !same_authority(scheme, authority, host) {
+        return Target::Refuse("Host differs from the request target's authority");
+    }
+    // httparse's path is a slice of `head`: splice origin-form in its place.
+    let at = target.as_ptr() as usize - head.as_ptr() as usize;
+    let end = at + target.len();
+    let origin: &[u8] = if path_and_query.is_empty() {
+        b"/"
+    } else {
+        path_and_query
+    };
+    let mut out = BytesMut::with_capacity(head.len());
+    out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(origin);
+    out.extend_from_slice(&head[end..]);
+    Target::Keep(out)
+}
+
+/// The gate's JSON 400, on a connection about to close.
+fn refusal(why: &'static str) -> Vec<u8> {
+    let resp = Response::reject(&Reject::BadRequest(why.into()));
+    let mut out = format!("HTTP/1.1 {} Bad Request\r\n", resp.status).into_bytes();
+    for (k, v) in &resp.headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            resp.body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&resp.body);
+    out
+}
+
 /// Finds the end of a request head incrementally, as httparse reads it:
 /// leading empty lines skipped, then a line ending (`\n` or `\r\n`) followed
 /// by an empty line. Each byte is looked at about once, so a head trickled a
@@ -253,6 +380,70 @@ mod tests {
     fn complete_bytewise(head: &[u8]) -> bool {
         let mut scan = HeadScan::default();
         (1..=head.len()).any(|n| scan.complete(&head[..n]))
+    }
+
+    fn target(head: &str) -> Target {
+        absolute_form(BytesMut::from(head.as_bytes()))
+    }
+
+    fn kept(head: &str) -> String {
+        match target(head) {
+            Target::Keep(b) => String::from_utf8(b.to_vec()).unwrap(),
+            Target::Refuse(why) => panic!("{head:?} refused: {why}"),
+        }
+    }
+
+    #[test]
+    fn same_server_in_other_bytes_becomes_origin_form() {
+        for (head, expected) in [
+            (
+                "GET http://API.Example.com/x?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\nbody",
+                "GET /x?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\nbody",
+            ),
+            (
+                "GET http://a.example:80 HTTP/1.1\r\nhost: a.example\r\n\r\n",
+                "GET / HTTP/1.1\r\nhost: a.example\r\n\r\n",
+            ),
+            (
+                "\r\nGET https://a.example/x HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+                "\r\nGET /x HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(kept(head), expected, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn other_heads_are_kept_as_they_came() {
+        for head in [
+            "GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\nHost: A.example\r\n\r\n",
+            "GET http://u@a.example/x HTTP/1.1\r\nHost: A.example\r\n\r\n",
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            "garbage",
+        ] {
+            assert_eq!(kept(head), head);
+        }
+    }
+
+    #[test]
+    fn another_server_is_refused() {
+        for head in [
+            "GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            "GET http://a.example:8080/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET https://a.example/x HTTP/1.1\r\nHost: a.example:80\r\n\r\n",
+        ] {
+            assert!(matches!(target(head), Target::Refuse(_)), "{head:?}");
+        }
+        let r = String::from_utf8(refusal("why")).unwrap();
+        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
+        assert!(
+            r.ends_with(r#"{"error":"bad_request","message":"why"}"#) || r.contains("bad_request"),
+            "{r}"
+        );
     }
 
     #[test]
