@@ -685,10 +685,7 @@ impl ProxyHttp for Proxy {
         let websocket = upgrade == Upgrade::WebSocket;
         let gateway = route.config.kind == RouteKind::Gateway;
         if websocket && !gateway {
-            let why = format!(
-                "route {}: WebSocket handshakes are for gateway routes",
-                route.name()
-            );
+            let why = "WebSocket handshakes are for gateway routes".into();
             return self.refuse(session, ctx, Reject::BadRequest(why)).await;
         }
         if upgrade == Upgrade::Other {
