@@ -324,6 +324,10 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// After the grace period, how long in-flight requests get to finish.
     pub shutdown_timeout: Duration,
+    /// The whole request head must arrive within this (SPEC section 3).
+    pub header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this (SPEC section 3).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -332,6 +336,8 @@ impl Default for ServerConfig {
             threads: 1,
             grace_period: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! query parameter are taken out before forwarding. Pure header and string
 //! work: no I/O, no Pingora.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::TicketSource;
 use crate::gate::Settings;
@@ -46,7 +46,12 @@ pub fn find_ticket<'a>(
 
 /// `Authorization: Bearer <token>` (scheme case-insensitive).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_token(headers.get(http::header::AUTHORIZATION)?)
+}
+
+/// The token of one `Authorization` value, when its scheme is `Bearer`.
+pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let v = value.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -54,19 +59,73 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A cookie's value, looked up across every `Cookie` header.
+/// The `name=value` pairs of one `Cookie` header, as bytes: a cookie may hold
+/// any octet (non-ASCII, not UTF-8), and one odd cookie must not hide the rest.
+fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether a `name=value` pair is named `name`.
+fn named(pair: &[u8], name: &[u8]) -> bool {
+    pair.strip_prefix(name)
+        .is_some_and(|rest| rest.first() == Some(&b'='))
+}
+
+/// A cookie's value, looked up across every `Cookie` header. A value that is
+/// not UTF-8 is not a ticket, so it is skipped.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| pairs(v.as_bytes()))
         .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name)
-                .then_some(v.trim_matches('"'))
-                .filter(|v| !v.is_empty())
+            let v = pair
+                .get(name.len() + 1..)
+                .filter(|_| named(pair, name.as_bytes()))?;
+            let v = std::str::from_utf8(v).ok()?.trim_matches('"');
+            (!v.is_empty()).then_some(v)
         })
+}
+
+/// Whether any `Cookie` header holds a cookie with one of `names`.
+pub fn has_cookie<S: AsRef<str>>(headers: &HeaderMap, names: &[S]) -> bool {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| pairs(v.as_bytes()))
+        .any(|pair| names.iter().any(|n| named(pair, n.as_ref().as_bytes())))
+}
+
+/// Every `Cookie` header without the cookies named `names`, each header kept
+/// as it was when it held none of them; a header left empty is dropped. The
+/// rest of a rewritten header keeps its bytes, joined by `; `.
+pub fn cookies_without<S: AsRef<str>>(headers: &HeaderMap, names: &[S]) -> Vec<HeaderValue> {
+    let is_named = |pair: &[u8]| names.iter().any(|n| named(pair, n.as_ref().as_bytes()));
+    let mut out = Vec::new();
+    for value in headers.get_all(http::header::COOKIE) {
+        if !pairs(value.as_bytes()).any(is_named) {
+            out.push(value.clone());
+            continue;
+        }
+        let mut kept: Vec<u8> = Vec::with_capacity(value.len());
+        for pair in pairs(value.as_bytes()).filter(|p| !is_named(p)) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+        // The bytes came from a valid header value, less separators, so they
+        // still make one; a failure would only drop the header.
+        if let Ok(v) = HeaderValue::from_bytes(&kept)
+            && !kept.is_empty()
+        {
+            out.push(v);
+        }
+    }
+    out
 }
 
 fn query_ticket(query: &str) -> Option<&str> {
@@ -85,23 +144,9 @@ pub fn query_without_ticket(query: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// The `Cookie` header value without the ticket cookie (`None` if nothing is left).
-pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
-    let kept: Vec<&str> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -131,8 +176,47 @@ mod tests {
         let h = headers(&[("cookie", "a=1; b=2"), ("cookie", "sg=T; c=3")]);
         assert_eq!(cookie(&h, "sg"), Some("T"));
         assert_eq!(cookie(&h, "s"), None, "names match whole");
-        assert_eq!(cookies_without(&h, "sg").as_deref(), Some("a=1; b=2; c=3"));
-        assert_eq!(cookies_without(&headers(&[("cookie", "sg=T")]), "sg"), None);
+        let rest = cookies_without(&h, &["sg"]);
+        assert_eq!(
+            rest,
+            [
+                HeaderValue::from_static("a=1; b=2"),
+                HeaderValue::from_static("c=3")
+            ]
+        );
+        assert!(cookies_without(&headers(&[("cookie", "sg=T")]), &["sg"]).is_empty());
+    }
+
+    #[test]
+    fn ticket_cookie_is_found_and_removed_beside_non_utf8_bytes() {
+        let mut h = HeaderMap::new();
+        let odd = HeaderValue::from_bytes(b"pref=caf\xe9; __Host-sg=T; x=\xff\xfe").unwrap();
+        h.append(http::header::COOKIE, odd);
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_bytes(b"b=\xc3\xa9").unwrap(),
+        );
+        assert_eq!(cookie(&h, "__Host-sg"), Some("T"));
+        assert!(has_cookie(&h, &["sg", "__Host-sg"]));
+        let rest = cookies_without(&h, &["sg", "__Host-sg"]);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0].as_bytes(), b"pref=caf\xe9; x=\xff\xfe");
+        assert_eq!(
+            rest[1].as_bytes(),
+            b"b=\xc3\xa9",
+            "a header without the ticket is kept as it was"
+        );
+    }
+
+    #[test]
+    fn cookie_names_match_whole_and_exactly() {
+        let h = headers(&[("cookie", "xsg=1; sg_=2; SG=3; sg=T")]);
+        assert_eq!(cookie(&h, "sg"), Some("T"));
+        assert_eq!(
+            cookies_without(&h, &["sg"]),
+            [HeaderValue::from_static("xsg=1; sg_=2; SG=3")]
+        );
+        assert!(!has_cookie(&headers(&[("cookie", "xsg=1; sg")]), &["sg"]));
     }
 
     #[test]

@@ -39,7 +39,9 @@ fn ms(d: Duration) -> u64 {
 
 /// Identity header names, built once per config.
 pub struct IdentityHeaders {
-    /// Lowercased prefix, for the case-insensitive strip.
+    /// The prefix lowercased with `_` read as `-`, for the strip: a WSGI or
+    /// CGI upstream reads `X_Session_User` as `HTTP_X_SESSION_USER`, the same
+    /// variable as `X-Session-User`.
     pub prefix_lower: String,
     pub id: HeaderName,
     pub user: HeaderName,
@@ -56,7 +58,7 @@ impl IdentityHeaders {
                 .map_err(|e| format!("identity.header_prefix: {e}"))
         };
         Ok(IdentityHeaders {
-            prefix_lower: prefix.to_ascii_lowercase(),
+            prefix_lower: prefix.to_ascii_lowercase().replace('_', "-"),
             id: h("Id")?,
             user: h("User")?,
             name: h("Name")?,
@@ -67,8 +69,13 @@ impl IdentityHeaders {
 
     /// Whether a client-sent header must be removed before forwarding.
     pub fn is_identity(&self, name: &HeaderName) -> bool {
-        // HeaderName is always lowercase.
-        name.as_str().starts_with(&self.prefix_lower)
+        // HeaderName is always lowercase; `_` and `-` are one character here.
+        let (name, prefix) = (name.as_str().as_bytes(), self.prefix_lower.as_bytes());
+        name.len() >= prefix.len()
+            && name
+                .iter()
+                .zip(prefix)
+                .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
     }
 
     /// The headers an admitted request carries upstream.
@@ -139,6 +146,10 @@ pub struct Settings {
     pub users: HashMap<String, UserEntry>,
     /// The ticket cookie's name (`__Host-<name>` when secure).
     pub cookie_name: String,
+    /// Cookies never forwarded: the ticket cookie under both its names, so a
+    /// ticket sent under the spelling this config does not read still stays
+    /// at the gate.
+    pub strip_cookies: [String; 2],
     pub tickets: TicketCache,
 }
 
@@ -166,7 +177,9 @@ impl Settings {
         } else {
             cookie.name.clone()
         };
+        let strip_cookies = [cookie.name.clone(), format!("__Host-{}", cookie.name)];
         Ok(Settings {
+            strip_cookies,
             routes: RouteTable::new(&config.routes),
             keys,
             rules,
@@ -581,6 +594,33 @@ pub(crate) mod tests {
 
     fn settings() -> Settings {
         settings_with("")
+    }
+
+    #[test]
+    fn identity_prefix_is_stripped_with_underscores_read_as_dashes() {
+        let s = settings();
+        let is = |name: &str| {
+            s.identity
+                .is_identity(&HeaderName::from_bytes(name.as_bytes()).unwrap())
+        };
+        for name in [
+            "x-session-user",
+            "X_Session_User",
+            "x_session-roles",
+            "X-SESSION_VAR_TIER",
+            "x-session-",
+        ] {
+            assert!(is(name), "{name}");
+        }
+        for name in [
+            "x-sessionuser",
+            "x-sessio",
+            "xx-session-user",
+            "x.session.user",
+            "session-user",
+        ] {
+            assert!(!is(name), "{name}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,14 @@
 //! A request's path through the gate:
 //!
 //! ```text
-//! client ──► proxy::request_filter
-//!              │ limits (414/431) → route::normalize_path (400)
+//! client ──► downstream::Downstream (whole head within header_timeout, else 408;
+//!              │                     idle keep-alive closed after keepalive_timeout)
+//!            proxy::request_filter
+//!              │ limits (414/431) → Host / absolute-form authority (400)
+//!              │ route::normalize_path (400) → route::match_path (;params dropped)
 //!              │ /_session/* ───────────────► api (login, info, refresh, …) ──► store
 //!              │ route::RouteTable::find (404 no_route)
+//!              │ WebSocket off a gateway route (400); any other Upgrade dropped
 //!              │ Origin allowlist (WebSocket handshakes, 403)
 //!              │ credentials::find_ticket → ticket::KeyRing::verify (401 invalid_ticket)
 //!              │ gate::Gate::admit → liveness cache | store::check (one round trip)
@@ -31,6 +35,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod credentials;
+pub mod downstream;
 pub mod echo;
 pub mod gate;
 pub mod handshake;

@@ -33,12 +33,14 @@ use pingora::utils::tls::{WrappedX509, parse_x509};
 
 use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind, RouteTls};
-use crate::credentials::{TicketFrom, cookie, cookies_without, find_ticket, query_without_ticket};
+use crate::credentials::{
+    TicketFrom, bearer_token, cookies_without, find_ticket, has_cookie, query_without_ticket,
+};
 use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
 use crate::handshake::{self, HandshakeError, TlsClient};
 use crate::health::Health;
 use crate::reject::Reject;
-use crate::route::{Route, normalize_path};
+use crate::route::{Route, match_path, normalize_path, same_authority};
 use crate::tunnel::Relay;
 
 pub const MAX_URI: usize = 8 * 1024;
@@ -153,6 +155,8 @@ pub struct Ctx {
     /// The normalized path, when it differs from the request's.
     path: Option<String>,
     ticket_from: Option<TicketFrom>,
+    /// An absolute-form target's authority: the upstream's `Host`.
+    authority: Option<String>,
     websocket: bool,
     upstream: Option<SocketAddr>,
     tries: usize,
@@ -494,12 +498,95 @@ fn header_bytes(session: &Session) -> usize {
         .sum()
 }
 
-fn is_websocket(session: &Session) -> bool {
-    session
-        .req_header()
+/// What a request's `Upgrade` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    None,
+    /// `websocket` is one of its tokens (any case, any `Upgrade` header).
+    WebSocket,
+    /// Something else (`h2c`, `foo`): never tunnelled.
+    Other,
+}
+
+fn upgrade_of(headers: &http::HeaderMap) -> Upgrade {
+    let mut values = headers.get_all(header::UPGRADE).iter().peekable();
+    if values.peek().is_none() {
+        return Upgrade::None;
+    }
+    let websocket = values.any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    });
+    if websocket {
+        Upgrade::WebSocket
+    } else {
+        Upgrade::Other
+    }
+}
+
+/// Takes a non-WebSocket upgrade off the client's request, `Upgrade` and the
+/// `upgrade` token of `Connection` both, so that neither Pingora (which
+/// tunnels any request with an `Upgrade` whose answer is 101) nor the
+/// upstream sees one: the request is served as plain HTTP.
+fn drop_upgrade(req: &mut RequestHeader) -> pingora::Result<()> {
+    req.remove_header(&header::UPGRADE);
+    let connection: Vec<http::HeaderValue> = req
         .headers
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        .get_all(header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect();
+    if connection.is_empty() {
+        return Ok(());
+    }
+    req.remove_header(&header::CONNECTION);
+    for value in connection {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade"))
+            .collect();
+        if !kept.is_empty() {
+            req.append_header(header::CONNECTION, kept.join(&b", "[..]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The authority an absolute-form target (`GET http://api.example.com/x`)
+/// names, with its scheme. Pingora keeps it off the request's `Uri` (which
+/// holds only the path), so it is read from the raw target, with Pingora's
+/// own classifier. `Err` for a target that is ambiguous or not http(s).
+fn target_authority(req: &RequestHeader) -> Result<Option<(String, String)>, &'static str> {
+    use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+    if let Some(a) = req.uri.authority() {
+        // An HTTP/2 request's `:authority`.
+        let scheme = req.uri.scheme_str().unwrap_or("https");
+        return Ok(Some((scheme.to_owned(), a.as_str().to_owned())));
+    }
+    match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::None if req.raw_path().first() == Some(&b'/') => Ok(None),
+        RawTargetAuthority::None => Err("request target is neither a path nor an http(s) URL"),
+        RawTargetAuthority::AmbiguousAuthority => Err("ambiguous request target"),
+        RawTargetAuthority::Absolute {
+            scheme, authority, ..
+        } => {
+            let (Ok(scheme), Ok(authority)) =
+                (std::str::from_utf8(scheme), std::str::from_utf8(authority))
+            else {
+                return Err("request target's authority is not ASCII");
+            };
+            let web = ["http", "https", "ws", "wss"]
+                .iter()
+                .any(|w| scheme.eq_ignore_ascii_case(w));
+            if !web || authority.is_empty() || authority.contains('@') {
+                return Err("request target is not an http(s) URL with a host");
+            }
+            Ok(Some((scheme.to_owned(), authority.to_owned())))
+        }
+    }
 }
 
 #[async_trait]
@@ -515,6 +602,7 @@ impl ProxyHttp for Proxy {
             claims: None,
             path: None,
             ticket_from: None,
+            authority: None,
             websocket: false,
             upstream: None,
             tries: 0,
@@ -535,9 +623,36 @@ impl ProxyHttp for Proxy {
         if header_bytes(session) > MAX_HEADERS {
             return self.refuse(session, ctx, Reject::HeadersTooLarge).await;
         }
+        // Which server the request is for: an absolute-form target's authority,
+        // which `Host` must agree with, else `Host`, which must be there (RFC 9112
+        // section 3.2).
+        let authority = match target_authority(req) {
+            Ok(a) => a,
+            Err(why) => {
+                return self
+                    .refuse(session, ctx, Reject::BadRequest(why.into()))
+                    .await;
+            }
+        };
+        let host_problem = match (
+            &authority,
+            req.headers.get(header::HOST).map(|h| h.to_str()),
+        ) {
+            (_, Some(Err(_))) => Some("Host is not ASCII"),
+            (Some((scheme, a)), Some(Ok(h))) if !same_authority(scheme, a, h) => {
+                Some("Host differs from the request target's authority")
+            }
+            (None, None) => Some("no Host"),
+            _ => None,
+        };
+        if let Some(why) = host_problem {
+            return self
+                .refuse(session, ctx, Reject::BadRequest(why.into()))
+                .await;
+        }
         // A cheap clone (the URI's bytes are shared), so the normalized path
         // can borrow it without holding the session.
-        let uri = session.req_header().uri.clone();
+        let uri = req.uri.clone();
         let path = match normalize_path(uri.path()) {
             Ok(p) => p,
             Err(e) => {
@@ -546,16 +661,20 @@ impl ProxyHttp for Proxy {
                     .await;
             }
         };
-        if path == api::PREFIX || path.starts_with("/_session/") {
-            return self.serve_api(session, ctx, &s, &path).await;
+        // Routes are decided without `;parameters`; the upstream still gets them.
+        let matched = match_path(&path);
+        let upgrade = upgrade_of(&req.headers);
+        if matched == api::PREFIX || matched.starts_with("/_session/") {
+            if upgrade == Upgrade::WebSocket {
+                let why = "WebSocket handshakes are for gateway routes".into();
+                return self.refuse(session, ctx, Reject::BadRequest(why)).await;
+            }
+            return self.serve_api(session, ctx, &s, &matched).await;
         }
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host());
-        let Some(route) = s.routes.find(host, &path) else {
+        let host = req.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let route_host = authority.as_ref().map(|(_, a)| a.as_str()).or(host);
+        let Some(route) = s.routes.find(route_host, &matched) else {
             return self.refuse(session, ctx, Reject::NoRoute).await;
         };
         ctx.route = s
@@ -563,8 +682,17 @@ impl ProxyHttp for Proxy {
             .routes()
             .iter()
             .position(|r| std::ptr::eq(r, route));
-        let websocket = is_websocket(session);
-        ctx.websocket = websocket && route.config.kind == RouteKind::Gateway;
+        let websocket = upgrade == Upgrade::WebSocket;
+        let gateway = route.config.kind == RouteKind::Gateway;
+        if websocket && !gateway {
+            let why = "WebSocket handshakes are for gateway routes".into();
+            return self.refuse(session, ctx, Reject::BadRequest(why)).await;
+        }
+        if upgrade == Upgrade::Other {
+            drop_upgrade(session.req_header_mut())?;
+        }
+        let req = session.req_header();
+        ctx.websocket = websocket;
         if ctx.websocket {
             let origin = req
                 .headers
@@ -576,6 +704,10 @@ impl ProxyHttp for Proxy {
         }
         if let std::borrow::Cow::Owned(p) = path {
             ctx.path = Some(p);
+        }
+        // The upstream is told the server the route was chosen for.
+        if let Some((_, a)) = authority {
+            ctx.authority = Some(a);
         }
 
         if route.config.auth != AuthPolicy::Public {
@@ -688,6 +820,28 @@ impl ProxyHttp for Proxy {
             return Ok(());
         };
         rewrite_request(session, up, ctx, &s, route)
+    }
+
+    /// Requests on this path are never upgrades (WebSocket handshakes are the
+    /// gate's own, other upgrades were dropped), so a 101 here is an upstream
+    /// switching protocols on a plain request: passing it on would open a
+    /// tunnel no session governs. The client gets 502 instead.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.reject = Some(Reject::UpstreamUnavailable);
+            let mut e = Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "upstream answered 101 to a request that is not an upgrade",
+            );
+            e.as_up();
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -816,25 +970,50 @@ fn rewrite_request(
         up.remove_header(name);
     }
     // A ticket is the gate's credential, not the upstream's: an upstream
-    // holding one could replay it. The `Authorization` header goes when it
-    // carried the ticket; any other use of it passes through.
+    // holding one could replay it. A Bearer value signed by one of the gate's
+    // keys goes, expired or not, whatever the route and however admission
+    // went; any other use of `Authorization` passes through.
     if ctx.claims.is_some() && ctx.ticket_from == Some(TicketFrom::Header) {
         up.remove_header(&header::AUTHORIZATION);
     }
-    // Ticket cookies never reach the upstream.
-    if cookie(&up.headers, &s.cookie_name).is_some() {
-        let rest = cookies_without(&up.headers, &s.cookie_name);
-        up.remove_header(&header::COOKIE);
-        if let Some(rest) = rest {
-            up.insert_header(header::COOKIE, rest)?;
+    let is_ticket = |v: &http::HeaderValue| bearer_token(v).is_some_and(|t| s.keys.is_signed(t));
+    if up
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(is_ticket)
+    {
+        let kept: Vec<http::HeaderValue> = up
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter(|v| !is_ticket(v))
+            .cloned()
+            .collect();
+        up.remove_header(&header::AUTHORIZATION);
+        for v in kept {
+            up.append_header(header::AUTHORIZATION, v)?;
         }
+    }
+    // Ticket cookies never reach the upstream, whatever bytes sit beside them.
+    if has_cookie(&up.headers, &s.strip_cookies) {
+        let rest = cookies_without(&up.headers, &s.strip_cookies);
+        up.remove_header(&header::COOKIE);
+        for value in rest {
+            up.append_header(header::COOKIE, value)?;
+        }
+    }
+    // An absolute-form target goes on in origin-form (below), with its
+    // authority as `Host`.
+    if let Some(a) = &ctx.authority {
+        up.insert_header(header::HOST, a.as_str())?;
     }
     // Path: normalized, prefix stripped, `ticket` query parameter removed.
     let path = ctx.path.as_deref().unwrap_or(up.uri.path());
     let query = up.uri.query();
     let new_path = route.upstream_path(path);
     let strip_query = query.is_some_and(|q| q.contains("ticket"));
-    if ctx.path.is_some() || route.config.strip_prefix || strip_query {
+    if ctx.path.is_some() || route.config.strip_prefix || strip_query || ctx.authority.is_some() {
         let query = if strip_query {
             query.and_then(query_without_ticket)
         } else {
@@ -899,4 +1078,99 @@ fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
         other => return std::borrow::Cow::Owned(other.to_string()),
     };
     std::borrow::Cow::Borrowed(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn request(pairs: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in pairs {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn websocket_is_one_token_of_any_upgrade_header() {
+        for pairs in [
+            &[("upgrade", "websocket")][..],
+            &[("upgrade", "WebSocket")],
+            &[("upgrade", "foo, websocket")],
+            &[("upgrade", "foo"), ("upgrade", " websocket ")],
+        ] {
+            assert_eq!(
+                upgrade_of(&request(pairs).headers),
+                Upgrade::WebSocket,
+                "{pairs:?}"
+            );
+        }
+        for pairs in [
+            &[("upgrade", "h2c")][..],
+            &[("upgrade", "websocketx")],
+            &[("upgrade", "web socket")],
+        ] {
+            assert_eq!(
+                upgrade_of(&request(pairs).headers),
+                Upgrade::Other,
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(
+            upgrade_of(&request(&[("connection", "upgrade")]).headers),
+            Upgrade::None
+        );
+    }
+
+    #[test]
+    fn a_dropped_upgrade_takes_its_connection_token_along() {
+        let mut req = request(&[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("connection", "upgrade"),
+            ("connection", "keep-alive"),
+        ]);
+        drop_upgrade(&mut req).unwrap();
+        assert!(req.headers.get(header::UPGRADE).is_none());
+        let connection: Vec<&[u8]> = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(connection, [&b"HTTP2-Settings"[..], b"keep-alive"]);
+    }
+
+    #[test]
+    fn absolute_form_authority_comes_from_the_raw_target() {
+        let req = RequestHeader::build("GET", b"http://api.example.com/x?q=1", None).unwrap();
+        assert_eq!(
+            target_authority(&req),
+            Ok(Some(("http".to_owned(), "api.example.com".to_owned())))
+        );
+        assert_eq!(
+            req.uri.path(),
+            "/x",
+            "Pingora keeps only the path in the Uri"
+        );
+        let req = RequestHeader::build("GET", b"/x", None).unwrap();
+        assert_eq!(target_authority(&req), Ok(None));
+        for target in [
+            &b"*"[..],
+            b"ftp://api.example.com/x",
+            b"http://u@api.example.com/x",
+        ] {
+            let Ok(req) = RequestHeader::build("GET", target, None) else {
+                continue;
+            };
+            assert!(
+                target_authority(&req).is_err(),
+                "{:?}",
+                target.escape_ascii().to_string()
+            );
+        }
+    }
 }

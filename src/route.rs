@@ -2,7 +2,13 @@
 //! normalization that runs before matching, so a request's policy is decided on the same path
 //! the upstream resolves: `/public/../admin` is `/admin`, never something under `/public`.
 //!
-//! Pure: no I/O, no clock. `find` and `normalize_path` do not allocate on the common path.
+//! Routes match the path as the most lenient upstream reads it: [`match_path`] drops each
+//! segment's `;parameters` (`/admin;jsessionid=x/secret` is under `/admin`, as Tomcat and
+//! Spring read it), and [`same_authority`] decides whether an absolute-form target and `Host`
+//! name the same server.
+//!
+//! Pure: no I/O, no clock. `find`, `normalize_path` and `match_path` do not allocate on the
+//! common path.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -29,7 +35,8 @@ pub struct Route {
 impl Route {
     fn from_config(cfg: &RouteConfig) -> Route {
         let (prefix, matchable) = match normalize_prefix(&cfg.path) {
-            Ok(prefix) => (prefix, true),
+            // Requests match without `;parameters`, so the prefix is held so too.
+            Ok(prefix) => (match_path(&prefix).into_owned(), true),
             Err(_) => (cfg.path.clone(), false),
         };
         Route {
@@ -65,9 +72,20 @@ impl Route {
     /// The path to forward, given the normalized request path this route matched (the query
     /// string is the caller's to append). With `strip_prefix`, `/controller/shop/items`
     /// becomes `/items` and `/controller/shop` becomes `/`; otherwise the path is unchanged.
+    ///
+    /// `path` keeps its `;parameters` (they are the upstream's: `jsessionid`, matrix
+    /// variables); the prefix's segments are counted as [`match_path`] reads them, so
+    /// `/controller;a/shop;b/items;c` becomes `/items;c`.
     pub fn upstream_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
         if !self.config.strip_prefix || self.prefix == "/" {
             return Cow::Borrowed(path);
+        }
+        if has_params(path) {
+            let segments = self.prefix.split('/').skip(1).count();
+            return match strip_segments(path, segments) {
+                "" => Cow::Borrowed("/"),
+                rest => Cow::Borrowed(rest),
+            };
         }
         match path.strip_prefix(self.prefix.as_str()) {
             Some("") => Cow::Borrowed("/"),
@@ -147,6 +165,100 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
+    }
+}
+
+/// The path routes are matched on, given a normalized path: each segment without its
+/// `;parameters` (`%3B` counts as `;`, for an upstream that decodes before it splits), and a
+/// segment left empty by that dropped, as a servlet container reads the path:
+/// `/admin;jsessionid=x/secret` is `/admin/secret`, `/;x/admin` is `/admin`, `/admin;x/` is
+/// `/admin/`. A path without parameters comes back borrowed.
+///
+/// What is forwarded upstream keeps its parameters ([`Route::upstream_path`]);
+/// [`normalize_path`] has already refused a dot segment carrying them.
+pub fn match_path(path: &str) -> Cow<'_, str> {
+    if !has_params(path) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut trailing_slash = false;
+    for seg in path.split('/').skip(1) {
+        let head = segment_head(seg);
+        trailing_slash = head.is_empty();
+        if !trailing_slash {
+            out.push('/');
+            out.push_str(head);
+        }
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+fn has_params(path: &str) -> bool {
+    path.contains(';') || path.contains("%3B") || path.contains("%3b")
+}
+
+/// A segment up to its first `;` (raw or `%3B`).
+fn segment_head(seg: &str) -> &str {
+    let bytes = seg.as_bytes();
+    let end = (0..bytes.len())
+        .find(|&i| {
+            bytes[i] == b';'
+                || (bytes[i] == b'%'
+                    && bytes.get(i + 1) == Some(&b'3')
+                    && matches!(bytes.get(i + 2), Some(b'B' | b'b')))
+        })
+        .unwrap_or(bytes.len());
+    &seg[..end]
+}
+
+/// `path` after its first `n` segments that are not empty in [`match_path`]'s reading
+/// (empty when nothing follows).
+fn strip_segments(path: &str, n: usize) -> &str {
+    let mut seen = 0;
+    let mut at = 0;
+    while seen < n && at < path.len() {
+        let rest = &path[at + 1..];
+        let len = rest.find('/').unwrap_or(rest.len());
+        if !segment_head(&rest[..len]).is_empty() {
+            seen += 1;
+        }
+        at += 1 + len;
+    }
+    &path[at.min(path.len())..]
+}
+
+/// Whether an absolute-form target's authority and a `Host` name the same server: hosts
+/// compared without case (and without a trailing dot), ports after the scheme's default is
+/// filled in (`http://a.example/` and `Host: A.example:80` agree). `scheme` is the target's,
+/// e.g. `http`.
+pub fn same_authority(scheme: &str, authority: &str, host: &str) -> bool {
+    let default_port = if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss")
+    {
+        443
+    } else {
+        80
+    };
+    let port = |a: &str| -> Option<u16> {
+        match port_of(a) {
+            None | Some("") => Some(default_port),
+            Some(p) => p.parse().ok(),
+        }
+    };
+    host_without_port(authority).eq_ignore_ascii_case(host_without_port(host))
+        && port(authority).is_some()
+        && port(authority) == port(host)
+}
+
+/// The port of an authority, `None` when it has none (`[::1]` has none, `[::1]:80` has `80`).
+fn port_of(authority: &str) -> Option<&str> {
+    if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        authority[end + 1..].strip_prefix(':')
+    } else {
+        authority.rsplit_once(':').map(|(_, port)| port)
     }
 }
 
@@ -297,7 +409,9 @@ fn rewrite(path: &str) -> Result<String, PathError> {
 
 /// Whether a segment is `.` or `..`, with or without `;` parameters.
 fn is_dot_head(seg: &[u8]) -> bool {
-    let head = seg.split(|&b| b == b';').next().unwrap_or_default();
+    // `%3B` counts as `;`: `..%3Bx` is `..` to an upstream that decodes, then splits.
+    let head = std::str::from_utf8(seg).map_or(seg, |s| segment_head(s).as_bytes());
+    let head = head.split(|&b| b == b';').next().unwrap_or_default();
     head == b"." || head == b".."
 }
 
@@ -784,6 +898,126 @@ mod tests {
                     "{input:?} -> {out:?}"
                 );
             }
+        }
+    }
+
+    // ---- path parameters ------------------------------------------------------------------
+
+    #[test]
+    fn path_params_are_ignored_for_matching() {
+        let t = public_and_admin();
+        let mut root = route("root", None, "/");
+        root.auth = AuthPolicy::Public;
+        let t2 = table(&[root, route("admin", None, "/admin")]);
+        for path in [
+            "/admin;jsessionid=x/secret",
+            "/admin;/secret",
+            "/admin;a=1;b=2",
+            "/admin%3Bx/secret",
+            "/admin%3bx/secret",
+            "/;x/admin/secret",
+            "//admin;x//secret",
+        ] {
+            let normal = normalize_path(path).unwrap();
+            let matched = match_path(&normal);
+            assert_eq!(found(&t, None, &matched), Some("admin"), "{path}");
+            assert_eq!(found(&t2, None, &matched), Some("admin"), "{path}");
+        }
+    }
+
+    #[test]
+    fn path_params_are_removed_from_each_segment() {
+        let cases = [
+            ("/admin;jsessionid=x/secret", "/admin/secret"),
+            ("/a;x/b;y/c;z", "/a/b/c"),
+            ("/a;x/", "/a/"),
+            ("/a/;x", "/a/"),
+            ("/;x/a", "/a"),
+            ("/;x", "/"),
+            ("/a%3Bb/c", "/a/c"),
+            ("/a;b%3Bc/d", "/a/d"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(match_path(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn path_without_params_is_matched_as_is() {
+        for path in ["/", "/admin/secret", "/a/b/", "/caf%C3%A9", "/a%3Ab"] {
+            assert!(
+                matches!(match_path(path), Cow::Borrowed(p) if p == path),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segment_with_encoded_params_rejected() {
+        for path in ["/public/..%3Bx/admin", "/public/..%3b/admin", "/a/.%3Bx/b"] {
+            assert_eq!(
+                normalize_path(path),
+                Err(PathError::DotSegmentParams),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_prefix_with_params_matches_without_them() {
+        let t = table(&[route("admin", None, "/admin;x")]);
+        assert_eq!(t.routes()[0].prefix, "/admin");
+        assert_eq!(found(&t, None, "/admin/y"), Some("admin"));
+    }
+
+    #[test]
+    fn strip_prefix_counts_segments_without_params() {
+        let r = shop(true);
+        assert_eq!(r.upstream_path("/controller;a/shop;b/items;c"), "/items;c");
+        assert_eq!(r.upstream_path("/controller/shop;b"), "/");
+        assert_eq!(r.upstream_path("/controller/shop;b/"), "/");
+        assert_eq!(r.upstream_path("/controller/;x/shop/items"), "/items");
+        assert_eq!(
+            shop(false).upstream_path("/controller;a/shop/items;c"),
+            "/controller;a/shop/items;c",
+            "without strip_prefix the parameters travel on"
+        );
+    }
+
+    // ---- authority --------------------------------------------------------------------------
+
+    #[test]
+    fn same_authority_ignores_case_and_default_port() {
+        for (scheme, authority, host) in [
+            ("http", "api.example.com", "api.example.com"),
+            ("http", "api.example.com", "API.Example.com"),
+            ("http", "api.example.com:80", "api.example.com"),
+            ("http", "api.example.com", "api.example.com:80"),
+            ("HTTP", "api.example.com:", "api.example.com"),
+            ("https", "api.example.com", "api.example.com:443"),
+            ("http", "api.example.com:8080", "api.example.com:8080"),
+            ("http", "[::1]", "[::1]:80"),
+        ] {
+            assert!(
+                same_authority(scheme, authority, host),
+                "{scheme} {authority} {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn different_authority_is_refused() {
+        for (scheme, authority, host) in [
+            ("http", "api.example.com", "other.example.com"),
+            ("http", "api.example.com:8080", "api.example.com"),
+            ("https", "api.example.com", "api.example.com:80"),
+            ("http", "api.example.com:x", "api.example.com:x"),
+            ("http", "api.example.com", "api.example.com.evil"),
+        ] {
+            assert!(
+                !same_authority(scheme, authority, host),
+                "{scheme} {authority} {host}"
+            );
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::ServeHttp;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;
@@ -18,6 +19,7 @@ use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::config::{self, Config, ConfigError, StoreKind};
+use crate::downstream::Downstream;
 use crate::gate::{Gate, Settings, now_ms};
 use crate::health::Health;
 use crate::proxy::Proxy;
@@ -92,6 +94,7 @@ pub fn run(
     };
     let (store, redis) = build_store(&cfg)?;
     let grace = cfg.server.grace_period;
+    let keepalive = cfg.server.keepalive_timeout;
     let listen = cfg.listen.clone();
     let admin = cfg.admin.clone();
     let settings = Settings::new(cfg, users).map_err(StartError::Settings)?;
@@ -101,10 +104,18 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(Arc::clone(&gate), Arc::clone(&health)),
-        "sessiongate",
+    );
+    // HTTP/2 connections stay Pingora's whole; the idle limit applies to them there.
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(keepalive);
+    app.server_options = Some(options);
+    // Pingora's HTTP/1 loop behind the head deadline and keep-alive limit.
+    let mut proxy = Service::new(
+        "sessiongate".to_owned(),
+        Downstream::new(app, Arc::clone(&gate)),
     );
     for addr in &listen {
         // No L4 read buffer in front of client sockets: Pingora reads headers and

@@ -291,6 +291,20 @@ impl KeyRing {
     /// Structure, algorithm, key and signature only — no issuer or time checks
     /// (for `sessiongate ticket inspect`).
     pub fn verify_signature_only(&self, ticket: &str) -> Result<Claims, TicketError> {
+        let payload_b64 = self.signed_payload(ticket)?;
+        with_decoded(payload_b64, parse_owned::<Claims>)
+    }
+
+    /// Whether `ticket` carries a valid signature by one of this ring's keys,
+    /// whatever its claims say (expired or not): such a ticket is this gate's
+    /// credential and never travels upstream. No claims are decoded.
+    pub fn is_signed(&self, ticket: &str) -> bool {
+        self.signed_payload(ticket).is_ok()
+    }
+
+    /// Structure, algorithm, key and signature; the payload's base64url when
+    /// they hold.
+    fn signed_payload<'t>(&self, ticket: &'t str) -> Result<&'t str, TicketError> {
         let (header_b64, payload_b64, sig_b64) = split(ticket)?;
 
         let key = with_decoded(header_b64, |bytes| {
@@ -326,8 +340,7 @@ impl KeyRing {
         let sig = sig.get(..n).ok_or(TicketError::BadSignature)?;
         mac.verify_slice(sig)
             .map_err(|_| TicketError::BadSignature)?;
-
-        with_decoded(payload_b64, parse_owned::<Claims>)
+        Ok(payload_b64)
     }
 }
 
@@ -474,6 +487,26 @@ mod tests {
         assert!(!t.contains('='));
         assert_eq!(r.verify(&t, NOW).unwrap(), c);
         assert_eq!(r.verify_signature_only(&t).unwrap(), c);
+    }
+
+    #[test]
+    fn is_signed_ignores_expiry_but_not_the_key_or_signature() {
+        let r = ring();
+        let mut c = claims();
+        c.exp = NOW - 10 * 3600;
+        let expired = r.sign(&c).unwrap();
+        assert!(r.verify(&expired, NOW).is_err());
+        assert!(
+            r.is_signed(&expired),
+            "an expired ticket is still the gate's"
+        );
+        let other = KeyRing::new(vec![Key::new("k1", secret(9))], ISSUER.to_owned(), 5);
+        assert!(!other.is_signed(&expired), "same kid, other secret");
+        let unknown_kid = forge(r#"{"alg":"HS256","kid":"k9"}"#, &claims_json(), &secret(1));
+        assert!(!r.is_signed(&unknown_kid));
+        for garbage in ["", "a.b.c", "abc", "dXNlcjpwYXNz"] {
+            assert!(!r.is_signed(garbage), "{garbage}");
+        }
     }
 
     #[test]

@@ -295,21 +295,52 @@ async fn refused_upstream_is_502_and_hanging_upstream_is_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_and_skips_a_dead_upstream() {
     let redis = Redis::spawn().await;
-    let a = Upstream::http().await;
-    let b = Upstream::http().await;
+    // Each upstream answers with its own name, so the spread can be counted.
+    let named = |name: &'static str| {
+        Upstream::custom(move |mut s| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buf[..n]);
+                while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    head.drain(..end + 4);
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{name}");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let a = named("a").await;
+    let b = named("b").await;
     let dead = free_port();
     let routes = format!(
         "  - name: rr\n    kind: controller\n    path: /rr\n    upstreams: [\"{}\", \"127.0.0.1:{dead}\", \"{}\"]\n    auth: public\n",
         a.addr, b.addr
     );
     let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let mut served = std::collections::BTreeMap::new();
     for _ in 0..9 {
         let r = gate.get("/rr/x", None).await;
         assert_eq!(
             r.status, 200,
             "a dead upstream must be retried on the next one"
         );
+        *served.entry(r.text()).or_insert(0) += 1;
     }
+    // Round robin over three with one dead: each live one gets a third, or
+    // the dead one's third as well; never all nine.
+    let (on_a, on_b) = (
+        served.get("a").copied().unwrap_or(0),
+        served.get("b").copied().unwrap_or(0),
+    );
+    assert_eq!(on_a + on_b, 9, "{served:?}");
+    assert!(on_a >= 2 && on_b >= 2, "not spread: {served:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

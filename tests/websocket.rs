@@ -365,20 +365,32 @@ async fn a_silent_tunnel_outlives_the_routes_timeout_and_still_echoes() {
     assert_eq!(echo.unwrap().unwrap(), Message::Text("still here".into()));
 }
 
+/// A refusal leaves nothing open upstream, and the client's connection goes
+/// on speaking HTTP with the gate: a tunnel left behind would hold the
+/// upstream socket and carry the next request to the upstream instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_refusing_the_upgrade_leaves_no_tunnel_behind() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = Redis::spawn().await;
-    let refuser = Upstream::custom(|mut s| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = [0u8; 4096];
-        // Answer every request on the connection, and keep it open.
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 {
-                return;
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&open);
+    let refuser = Upstream::custom(move |mut s| {
+        let open = std::sync::Arc::clone(&counted);
+        async move {
+            open.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            // Answer every request on the connection, and keep it open until
+            // the gate closes it.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+                    .await;
             }
-            let _ = s
-                .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
-                .await;
+            open.fetch_sub(1, Ordering::SeqCst);
         }
     })
     .await;
@@ -388,19 +400,33 @@ async fn an_upstream_refusing_the_upgrade_leaves_no_tunnel_behind() {
     );
     let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
-    let (status, body) = http_status(refused(connect(&gate, Some(&ticket), None).await, "403"));
-    assert_eq!((status, body.as_str()), (403, "nope"));
-    let gone = eventually(Duration::from_secs(5), || async {
-        let m = gate.admin_req("GET", "/metrics").await.text();
-        m.lines()
-            .any(|l| l == r#"sessiongate_websockets_open{route="chat"} 0"#)
-            .then_some(())
+    let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    s.write_all(format!(
+        "GET /gateway/chat HTTP/1.1\r\nHost: gate.test\r\nAuthorization: Bearer {ticket}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).as_bytes()).await.unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (403, "nope"));
+    let closed = eventually(Duration::from_secs(5), || async {
+        (open.load(Ordering::SeqCst) == 0).then_some(())
     })
     .await;
     assert!(
-        gone.is_some(),
+        closed.is_some(),
         "the refused handshake's upstream connection lingers"
     );
+    // The same client connection is the gate's again: `/_session` is answered
+    // by the gate, not carried to the upstream.
+    s.write_all(
+        format!(
+            "GET /_session HTTP/1.1\r\nHost: gate.test\r\nAuthorization: Bearer {ticket}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["user"]["id"], "u-alice");
 }
 
 /// A WebSocket upstream that answers each handshake, then sends the request

@@ -873,6 +873,16 @@ impl<'a> Ctx<'a> {
                 raw.shutdown_timeout.as_deref(),
                 defaults.shutdown_timeout,
             ),
+            header_timeout: self.positive_duration(
+                "server.header_timeout",
+                raw.header_timeout.as_deref(),
+                defaults.header_timeout,
+            ),
+            keepalive_timeout: self.positive_duration(
+                "server.keepalive_timeout",
+                raw.keepalive_timeout.as_deref(),
+                defaults.keepalive_timeout,
+            ),
         }
     }
 

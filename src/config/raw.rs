@@ -227,6 +227,8 @@ pub(super) struct RawServer {
     pub(super) threads: Option<i64>,
     pub(super) grace_period: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) keepalive_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]

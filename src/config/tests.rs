@@ -188,6 +188,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.server.threads, 1);
     assert_eq!(c.server.grace_period, Duration::from_secs(5));
     assert_eq!(c.server.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.keepalive_timeout, Duration::from_secs(60));
 }
 
 #[test]
@@ -615,6 +617,24 @@ fn server_block_and_header_prefix() {
     assert_eq!(c.server.grace_period, Duration::ZERO);
     assert_eq!(c.server.shutdown_timeout, MINUTE);
     assert_eq!(c.identity.header_prefix, "X-User-");
+    let c = ok(&minimal_with(
+        "server: {header_timeout: 2s, keepalive_timeout: 250ms}\n",
+    ));
+    assert_eq!(c.server.header_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.keepalive_timeout, Duration::from_millis(250));
+    let e = errs(&minimal_with(
+        "server: {header_timeout: 0s, keepalive_timeout: soon}\n",
+    ));
+    let got: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(got.len(), 2, "\n{}", lines(&e));
+    assert!(
+        got[0].contains("header_timeout") && got[0].contains("greater than zero"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains("keepalive_timeout") && got[1].contains("invalid duration"),
+        "{got:?}"
+    );
     let e = errs(&minimal_with(
         "server: {threads: 0}\nidentity: {header_prefix: \"X Session\"}\n",
     ));

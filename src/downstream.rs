@@ -1,0 +1,514 @@
+//! Client connections in front of Pingora's HTTP/1 loop: a deadline for the
+//! whole request head (`server.header_timeout`) and an idle limit between
+//! keep-alive requests (`server.keepalive_timeout`).
+//!
+//! Pingora 0.9 only times each read of a head, resetting on every byte, so a
+//! head trickled one byte at a time is never cut. [`Downstream`] reads each
+//! head itself, under one deadline, and hands the bytes to Pingora's session
+//! as its pipelined prefix, which Pingora parses without reading again.
+//! HTTP/2 connections go to Pingora whole, with the idle limit as its
+//! `h2_idle_timeout`.
+//!
+//! One look at the head comes first: Pingora refuses, with a bare 400, an
+//! absolute-form target whose authority differs from `Host` in any byte. The
+//! gate reads them as equal when they differ only in case or by the scheme's
+//! default port ([`crate::route::same_authority`]): such a target is sent on
+//! in origin-form, routed by `Host`; one that really differs gets the gate's
+//! JSON 400 ([`absolute_form`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::Response;
+use crate::gate::Gate;
+use crate::reject::Reject;
+use crate::route::same_authority;
+
+/// Pingora's own cap on a request head; past it the bytes go to Pingora,
+/// which answers 400.
+const MAX_HEAD: usize = 1024 * 1024;
+/// What Pingora allocates for a head; the buffer becomes its buffer.
+const HEAD_BUF: usize = 4096;
+/// How long a 408 may take to write before the connection is dropped anyway.
+const WRITE_408: Duration = Duration::from_secs(1);
+const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The time limits for one head, read from the config in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header: Duration,
+    pub keepalive: Duration,
+}
+
+/// How waiting for a head ended.
+#[derive(Debug)]
+enum Head {
+    /// A complete head (perhaps with body bytes after it), or more bytes than
+    /// any head may have, for Pingora to refuse.
+    Ready(BytesMut),
+    /// The client closed, the read failed, or the gate is shutting down.
+    Closed,
+    /// The deadline passed; `partial` when some of a head had arrived.
+    TimedOut { partial: bool },
+}
+
+/// A Pingora HTTP application with the head deadline and keep-alive limit in
+/// front of it.
+pub struct Downstream<A> {
+    app: Arc<A>,
+    gate: Arc<Gate>,
+}
+
+impl<A> Downstream<A> {
+    pub fn new(app: A, gate: Arc<Gate>) -> Downstream<A> {
+        Downstream {
+            app: Arc::new(app),
+            gate,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let s = self.gate.settings();
+        Limits {
+            header: s.config.server.header_timeout,
+            keepalive: s.config.server.keepalive_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Downstream<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let h2c = self.app.server_options().is_some_and(|o| o.h2c);
+        if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.app, stream, shutdown).await;
+        }
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let limits = self.limits();
+            let head = match read_head(&mut stream, first, limits, shutdown).await {
+                Head::Ready(head) => head,
+                Head::Closed => return None,
+                Head::TimedOut { partial } => {
+                    if partial {
+                        tracing::info!(
+                            peer = ?stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
+                            timeout = ?limits.header,
+                            "request head not complete in time: 408, connection closed"
+                        );
+                        let _ = pingora::prelude::timeout(WRITE_408, async {
+                            stream.write_all(RESPONSE_408).await?;
+                            stream.flush().await
+                        })
+                        .await;
+                    }
+                    return None;
+                }
+            };
+            let head = match absolute_form(head) {
+                Target::Keep(head) => head,
+                Target::Refuse(why) => {
+                    tracing::info!(reason = why, "bad request target: 400, connection closed");
+                    let _ = pingora::prelude::timeout(WRITE_408, async {
+                        stream.write_all(&refusal(why)).await?;
+                        stream.flush().await
+                    })
+                    .await;
+                    return None;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
+                    session.set_keepalive_reuses_remaining(
+                        self.app
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            // Pingora parses this before reading anything itself. It only
+            // sets a prefix of its own with pipelining on, which is off here.
+            session.set_pipelined_prefix(head);
+            let reused = HttpServerApp::process_new_http(&self.app, session, shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            stream = next;
+            settings = next_settings;
+            first = false;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+/// Reads one request head. A new connection's first head must be complete
+/// within `limits.header` of the start; on a kept-alive connection the next
+/// request may take `limits.keepalive` to begin, and its head
+/// `limits.header` from its first byte. An idle connection is closed at once
+/// when the gate shuts down.
+async fn read_head(
+    stream: &mut Stream,
+    first: bool,
+    limits: Limits,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    if !first && *shutdown.borrow() {
+        return Head::Closed;
+    }
+    let mut shutdown = shutdown.clone();
+    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+    let mut scan = HeadScan::default();
+    let start = Instant::now();
+    let mut deadline = start
+        + if first {
+            limits.header
+        } else {
+            limits.keepalive
+        };
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Head::TimedOut {
+                partial: !buf.is_empty(),
+            };
+        };
+        let idle = buf.is_empty();
+        let read = pingora::prelude::timeout(left, stream.read_buf(&mut buf));
+        let res = tokio::select! {
+            res = read => res,
+            _ = shutdown.changed(), if idle => return Head::Closed,
+        };
+        match res {
+            Err(_) => {
+                return Head::TimedOut {
+                    partial: !buf.is_empty(),
+                };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(_)) => {}
+        }
+        if idle && !first {
+            // The next request began: its head gets the head deadline.
+            deadline = Instant::now() + limits.header;
+        }
+        if scan.complete(&buf) || buf.len() > MAX_HEAD {
+            return Head::Ready(buf);
+        }
+    }
+}
+
+/// What [`absolute_form`] made of a head.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// For Pingora, as it came or with its target in origin-form.
+    Keep(BytesMut),
+    /// The target's authority and `Host` name different servers.
+    Refuse(&'static str),
+}
+
+/// Most headers Pingora parses in a head.
+const MAX_HEADERS: usize = 256;
+
+/// An absolute-form target whose authority names the same server as `Host`
+/// but not in the same bytes (`http://API.example.com/x` with
+/// `Host: api.example.com`, or `http://a.example:80/x` with `Host: a.example`)
+/// becomes origin-form (`/x`), so Pingora takes it and the route is chosen
+/// by `Host`; one naming another server is refused. Every other head is kept
+/// as it is: origin-form (looked at by one byte), a target without `Host`
+/// (the proxy routes it by its authority), and whatever Pingora refuses
+/// itself (several `Host`s, userinfo, an ambiguous target).
+fn absolute_form(head: BytesMut) -> Target {
+    use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(head.len());
+    let line = &head[start..];
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        return Target::Keep(head);
+    };
+    if matches!(line.get(sp + 1), Some(b'/' | b'*') | None) {
+        return Target::Keep(head);
+    }
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+        return Target::Keep(head);
+    }
+    let Some(target) = req.path else {
+        return Target::Keep(head);
+    };
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Target::Keep(head);
+    };
+    let RawTargetAuthority::Absolute {
+        scheme,
+        authority,
+        path_and_query,
+    } = raw_target_authority(target.as_bytes())
+    else {
+        return Target::Keep(head);
+    };
+    if host.value == authority || authority.contains(&b'@') {
+        return Target::Keep(head);
+    }
+    let (Ok(scheme), Ok(authority), Ok(host)) = (
+        std::str::from_utf8(scheme),
+        std::str::from_utf8(authority),
+        std::str::from_utf8(host.value),
+    ) else {
+        return Target::Keep(head);
+    };
+    if !same_authority(scheme, authority, host) {
+        return Target::Refuse("Host differs from the request target's authority");
+    }
+    // httparse's path is a slice of `head`: splice origin-form in its place.
+    let at = target.as_ptr() as usize - head.as_ptr() as usize;
+    let end = at + target.len();
+    let origin: &[u8] = if path_and_query.is_empty() {
+        b"/"
+    } else {
+        path_and_query
+    };
+    let mut out = BytesMut::with_capacity(head.len());
+    out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(origin);
+    out.extend_from_slice(&head[end..]);
+    Target::Keep(out)
+}
+
+/// The gate's JSON 400, on a connection about to close.
+fn refusal(why: &'static str) -> Vec<u8> {
+    let resp = Response::reject(&Reject::BadRequest(why.into()));
+    let mut out = format!("HTTP/1.1 {} Bad Request\r\n", resp.status).into_bytes();
+    for (k, v) in &resp.headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            resp.body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&resp.body);
+    out
+}
+
+/// Finds the end of a request head incrementally, as httparse reads it:
+/// leading empty lines skipped, then a line ending (`\n` or `\r\n`) followed
+/// by an empty line. Each byte is looked at about once, so a head trickled a
+/// byte at a time costs no more to scan than one sent whole.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes already looked at.
+    seen: usize,
+    /// Past the leading empty lines.
+    started: bool,
+    /// The previous byte was `\n` (optionally followed by `\r`): one more
+    /// `\n` ends the head.
+    at_line_start: bool,
+    /// A `\r` right after a line start.
+    cr: bool,
+}
+
+impl HeadScan {
+    fn complete(&mut self, buf: &[u8]) -> bool {
+        for &b in buf.get(self.seen..).unwrap_or_default() {
+            self.seen += 1;
+            if !self.started {
+                if b == b'\r' || b == b'\n' {
+                    continue;
+                }
+                self.started = true;
+            }
+            match b {
+                b'\n' if self.at_line_start => return true,
+                b'\n' => {
+                    self.at_line_start = true;
+                    self.cr = false;
+                }
+                b'\r' if self.at_line_start && !self.cr => self.cr = true,
+                _ => {
+                    self.at_line_start = false;
+                    self.cr = false;
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete_whole(head: &[u8]) -> bool {
+        HeadScan::default().complete(head)
+    }
+
+    fn complete_bytewise(head: &[u8]) -> bool {
+        let mut scan = HeadScan::default();
+        (1..=head.len()).any(|n| scan.complete(&head[..n]))
+    }
+
+    fn target(head: &str) -> Target {
+        absolute_form(BytesMut::from(head.as_bytes()))
+    }
+
+    fn kept(head: &str) -> String {
+        match target(head) {
+            Target::Keep(b) => String::from_utf8(b.to_vec()).unwrap(),
+            Target::Refuse(why) => panic!("{head:?} refused: {why}"),
+        }
+    }
+
+    #[test]
+    fn same_server_in_other_bytes_becomes_origin_form() {
+        for (head, expected) in [
+            (
+                "GET http://API.Example.com/x?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\nbody",
+                "GET /x?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\nbody",
+            ),
+            (
+                "GET http://a.example:80 HTTP/1.1\r\nhost: a.example\r\n\r\n",
+                "GET / HTTP/1.1\r\nhost: a.example\r\n\r\n",
+            ),
+            (
+                "\r\nGET https://a.example/x HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+                "\r\nGET /x HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(kept(head), expected, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn other_heads_are_kept_as_they_came() {
+        for head in [
+            "GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\nHost: A.example\r\n\r\n",
+            "GET http://u@a.example/x HTTP/1.1\r\nHost: A.example\r\n\r\n",
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            "garbage",
+        ] {
+            assert_eq!(kept(head), head);
+        }
+    }
+
+    #[test]
+    fn another_server_is_refused() {
+        for head in [
+            "GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            "GET http://a.example:8080/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET https://a.example/x HTTP/1.1\r\nHost: a.example:80\r\n\r\n",
+        ] {
+            assert!(matches!(target(head), Target::Refuse(_)), "{head:?}");
+        }
+        let r = String::from_utf8(refusal("why")).unwrap();
+        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
+        assert!(
+            r.ends_with(r#"{"error":"bad_request","message":"why"}"#) || r.contains("bad_request"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn head_ends_at_the_first_empty_line() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                complete_whole(head),
+                "{:?}",
+                head.escape_ascii().to_string()
+            );
+            assert!(
+                complete_bytewise(head),
+                "{:?}",
+                head.escape_ascii().to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn partial_head_is_not_complete() {
+        for head in [
+            &b""[..],
+            b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"GET / HTTP/1.1\r\nHost: a\r\r\n",
+        ] {
+            assert!(
+                !complete_whole(head),
+                "{:?}",
+                head.escape_ascii().to_string()
+            );
+            assert!(
+                !complete_bytewise(head),
+                "{:?}",
+                head.escape_ascii().to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn head_agrees_with_httparse() {
+        let heads: [&[u8]; 4] = [
+            b"GET /a HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\nbody",
+            b"\nGET /a HTTP/1.1\nHost: a\n\nbody",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nX: \r\n\r\n",
+        ];
+        for head in heads {
+            let mut hs = [httparse::EMPTY_HEADER; 16];
+            let mut req = httparse::Request::new(&mut hs);
+            let end = match req.parse(head) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("{other:?}"),
+            };
+            let mut scan = HeadScan::default();
+            let found = (1..=head.len()).find(|&n| scan.complete(&head[..n]));
+            assert_eq!(found, Some(end), "{:?}", head.escape_ascii().to_string());
+        }
+    }
+}
