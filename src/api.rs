@@ -306,6 +306,7 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
             "var values may not hold control characters".into(),
         )));
     }
+    let slot = login::reserve(s, &gate.hashing).map_err(refused)?;
     let now = now_ms();
     let limits = [
         req.client_ip
@@ -328,7 +329,7 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
             Err(e) => return Err(refused(store_reject(e))),
         }
     }
-    let ident = login::check(s, &gate.hashing, &body.username, &body.password, &body.vars)
+    let ident = login::check(s, slot, &body.username, &body.password, &body.vars)
         .await
         .map_err(refused)?;
     let vars = merge_vars(body.vars.clone(), &ident.vars);

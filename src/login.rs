@@ -36,9 +36,27 @@ pub struct Identity {
 /// time as a wrong password and usernames cannot be probed by timing.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2Vzc2lvbmdhdGVkdW1teQ$0AvgVEWqTQ2ThlPHJtv/oBmT5D8Wq8Dm5N3ybgyobLQ";
 
+/// A users-file login's place in the hashing pool, taken before any other
+/// work so a login the pool has no room for costs nothing more (no rate-limit
+/// round trip, no body of work queued). `None` with a delegate, which hashes
+/// nothing here.
+pub fn reserve(s: &Settings, pool: &HashPool) -> Result<Option<Slot>, Reject> {
+    match s.config.login.as_ref() {
+        Some(l) if l.delegate.is_none() => pool.reserve().map(Some).map_err(|Busy| busy()),
+        _ => Ok(None),
+    }
+}
+
+fn busy() -> Reject {
+    Reject::RateLimited {
+        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+    }
+}
+
+/// Checks the credentials; a users-file check runs in `slot` (see [`reserve`]).
 pub async fn check(
     s: &Settings,
-    pool: &HashPool,
+    slot: Option<Slot>,
     username: &str,
     password: &str,
     vars: &BTreeMap<String, String>,
@@ -49,16 +67,14 @@ pub async fn check(
     if let Some(d) = &login.delegate {
         return delegate(d, username, password, vars).await;
     }
+    // Only a reload from a delegate to a users file between `reserve` and
+    // here leaves a users-file check without a place.
+    let slot = slot.ok_or_else(busy)?;
     let entry = s.users.get(username).cloned();
     let hash = entry
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
-    let ok = pool
-        .verify(password.to_owned(), hash)
-        .await
-        .map_err(|Busy| Reject::RateLimited {
-            retry_after_secs: BUSY_RETRY_AFTER_SECS,
-        })?;
+    let ok = slot.verify(password.to_owned(), hash).await;
     match entry {
         Some(u) if ok => Ok(identity_of(&u)),
         _ => Err(Reject::BadCredentials),
@@ -84,14 +100,34 @@ pub struct HashPool {
     limit: usize,
 }
 
-/// One admitted verification; leaves the count when dropped, which is when
-/// the hash is done (it moves into the blocking task) or its caller gave up
-/// while queued.
-struct Slot(Arc<AtomicUsize>);
+/// A place in a [`HashPool`] (running or queued); leaves the count when
+/// dropped, which is when its hash is done (it moves into the blocking task)
+/// or its caller gave up first.
+pub struct Slot {
+    admitted: Arc<AtomicUsize>,
+    permits: Arc<Semaphore>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Slot {
+    /// Waits for a worker, then verifies `password` against a PHC string.
+    pub async fn verify(self, password: String, phc: String) -> bool {
+        // The semaphore is never closed: acquiring fails only if it were.
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return false;
+        };
+        // The permit and the slot go with the hash, so a client that leaves
+        // mid-hash does not free its place before the hash is done.
+        let hashed = tokio::task::spawn_blocking(move || {
+            let _held = (permit, self);
+            verify_password(&password, &phc)
+        });
+        hashed.await.unwrap_or(false)
     }
 }
 
@@ -105,26 +141,21 @@ impl HashPool {
         }
     }
 
-    /// Verifies `password` against a PHC string, or refuses with [`Busy`]
-    /// without waiting when the pool and its queue are full.
-    pub async fn verify(&self, password: String, phc: String) -> Result<bool, Busy> {
+    /// A place in the pool, or [`Busy`] at once when it and its queue are full.
+    pub fn reserve(&self) -> Result<Slot, Busy> {
         if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
             return Err(Busy);
         }
-        let slot = Slot(Arc::clone(&self.admitted));
-        // The semaphore is never closed; a closed one would mean no hashing at all.
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| Busy)?;
-        // The permit and the slot go with the hash, so a client that leaves
-        // mid-hash does not free its place before the hash is done.
-        let hashed = tokio::task::spawn_blocking(move || {
-            let _held = (permit, slot);
-            verify_password(&password, &phc)
-        });
-        Ok(hashed.await.unwrap_or(false))
+        Ok(Slot {
+            admitted: Arc::clone(&self.admitted),
+            permits: Arc::clone(&self.permits),
+        })
+    }
+
+    /// [`HashPool::reserve`], then [`Slot::verify`].
+    pub async fn verify(&self, password: String, phc: String) -> Result<bool, Busy> {
+        Ok(self.reserve()?.verify(password, phc).await)
     }
 }
 
