@@ -295,9 +295,14 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
     let body: LoginBody = serde_json::from_slice(req.body)
         .map_err(|e| Reject::BadRequest(format!("malformed login body: {e}")))?;
     // Every refusal from here on names the attempted username in the log
-    // (escaped: it is the client's text).
+    // (escaped: it is the client's text). Rate-limited ones, the bulk of a
+    // flood, only at debug: their access-log line already has the code.
     let refused = |r: Reject| {
-        tracing::info!(username = ?body.username, code = r.code(), "login refused");
+        if matches!(r, Reject::RateLimited { .. }) {
+            tracing::debug!(username = ?body.username, code = r.code(), "login refused");
+        } else {
+            tracing::info!(username = ?body.username, code = r.code(), "login refused");
+        }
         r
     };
     validate_vars(&body.vars).map_err(|e| refused(Reject::BadRequest(e.to_string())))?;
