@@ -32,9 +32,10 @@ pub struct ApiRequest<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
     pub client_ip: Option<IpAddr>,
-    /// The listener's scheme (`http` or `https`): with `Host`, the request's
-    /// own origin.
+    /// The listener's scheme (`http` or `https`) and the request's `Host`
+    /// (or HTTP/2 `:authority`): together, the request's own origin.
     pub scheme: &'a str,
+    pub host: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -238,7 +239,7 @@ fn cookie_calls_from_allowed_origins(s: &Settings, req: &ApiRequest<'_>) -> Resu
     let allowed = match text(header::ORIGIN) {
         Some(origin) => {
             let extra = s.config.login.as_ref().map_or(&[][..], |l| &l.origins[..]);
-            origin_allowed(origin, req.scheme, text(header::HOST), extra)
+            origin_allowed(origin, req.scheme, req.host, extra)
         }
         None => text(header::HeaderName::from_static("sec-fetch-site"))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("same-origin")),
@@ -248,7 +249,7 @@ fn cookie_calls_from_allowed_origins(s: &Settings, req: &ApiRequest<'_>) -> Resu
     } else {
         tracing::info!(
             origin = ?text(header::ORIGIN),
-            host = ?text(header::HOST),
+            host = ?req.host,
             "cookie-authenticated /_session call refused: origin not allowed"
         );
         Err(Reject::OriginNotAllowed)
@@ -292,8 +293,10 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
     let Some(cfg) = &s.config.login else {
         return Err(Reject::NotFound);
     };
-    let body: LoginBody = serde_json::from_slice(req.body)
-        .map_err(|e| Reject::BadRequest(format!("malformed login body: {e}")))?;
+    let body: LoginBody = serde_json::from_slice(req.body).map_err(|e| {
+        tracing::info!(error = ?e.to_string(), "login refused: malformed body");
+        Reject::BadRequest(format!("malformed login body: {e}"))
+    })?;
     // Every refusal from here on names the attempted username in the log
     // (escaped: it is the client's text). Rate-limited ones, the bulk of a
     // flood, only at debug: their access-log line already has the code.
@@ -394,7 +397,8 @@ fn mint(s: &Settings, session: &Session) -> Result<String, Reject> {
         exp: session.expire_at / 1000,
     };
     s.keys.sign(&claims).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign ticket");
+        // Over 8 KiB is the client's vars; a missing key the operator's config.
+        tracing::warn!(error = %e, "cannot sign ticket");
         Reject::BadRequest("cannot issue a ticket for this session".into())
     })
 }

@@ -425,6 +425,11 @@ impl Proxy {
         let scheme = listener_scheme(session);
         let req = session.req_header();
         let method = req.method.clone();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
         let resp = api::handle(
             &self.gate,
             s,
@@ -435,6 +440,7 @@ impl Proxy {
                 body: &body,
                 client_ip: ip,
                 scheme,
+                host,
             },
         )
         .await;
