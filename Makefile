@@ -12,12 +12,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # drives the benchmark. (deploy/check.sh brings PyYAML itself.)
 APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
 
-.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws clean
+.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-login clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
 	@echo "make test    - run every test (unit, integration, config and deploy checks)"
 	@echo "make bench   - release benchmark: direct vs public route vs ticket-checked"
+	@echo "make bench-login - release benchmark: a flood of bad logins vs the public route"
 	@echo "make lint    - cargo fmt --check and clippy -D warnings"
 
 # Installs only what is missing, so a warm machine pays nothing.
@@ -79,6 +80,12 @@ bench: deps
 bench-ws: deps
 	$(CARGO) build --release --locked --bin sessiongate --example ws_load
 	benches/bench.sh --ws 9000
+
+# 1,000 connections of bad logins against the bounded argon2 pool: the gate's peak RSS and a
+# public route's p99 meanwhile.
+bench-login: deps
+	$(CARGO) build --release --locked --bin sessiongate
+	benches/login_flood.sh
 
 clean:
 	$(CARGO) clean

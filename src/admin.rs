@@ -12,6 +12,7 @@ use crate::api::Response;
 use crate::credentials::bearer;
 use crate::gate::{Gate, now_ms, store_reject};
 use crate::reject::Reject;
+use crate::segment::percent_decode;
 use crate::session::Status;
 
 pub async fn handle(
@@ -120,7 +121,8 @@ async fn admin_api(
             }
             let user = query
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
-                .map(percent_decode)
+                .map(decode)
+                .transpose()?
                 .filter(|u| !u.is_empty())
                 .ok_or_else(|| Reject::BadRequest("the user query parameter is required".into()))?;
             let sessions = gate
@@ -135,75 +137,38 @@ async fn admin_api(
             if method != Method::POST {
                 return Err(Reject::MethodNotAllowed("POST"));
             }
+            let id = decode(id)?;
             let session = gate
                 .store
-                .set_status(id, Status::Revoked, now, s.rules)
+                .set_status(&id, Status::Revoked, now, s.rules)
                 .await
                 .map_err(store_reject)?
                 .ok_or(Reject::NotFound)?;
-            gate.cache.forget(id);
-            tracing::info!(sid = %id, "session revoked by operator");
+            gate.cache.forget(&id);
+            tracing::info!(sid = ?id, "session revoked by operator");
             Ok(Response::json(200, &json!({"session": view(&session)})))
         }
         ["admin", "users", id, "revoke"] => {
             if method != Method::POST {
                 return Err(Reject::MethodNotAllowed("POST"));
             }
-            let user = percent_decode(id);
+            let user = decode(id)?;
             let n = gate
                 .store
                 .revoke_user(&user, now, s.rules)
                 .await
                 .map_err(store_reject)?;
-            tracing::info!(%user, revoked = n, "user's sessions revoked by operator");
+            tracing::info!(user = ?user, revoked = n, "user's sessions revoked by operator");
             Ok(Response::json(200, &json!({"revoked": n})))
         }
         _ => Err(Reject::NotFound),
     }
 }
 
-/// `%XX` and `+` decoding for ids in admin paths and queries.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn decodes_ids() {
-        assert_eq!(percent_decode("u-alice"), "u-alice");
-        assert_eq!(percent_decode("a%40b.c"), "a@b.c");
-        assert_eq!(percent_decode("50%"), "50%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
+/// An id from an admin path segment or query: percent-decoded, `+` kept.
+fn decode(raw: &str) -> Result<String, Reject> {
+    percent_decode(raw).map_err(|e| {
+        tracing::info!(id = ?raw, "admin request refused: {e}");
+        Reject::BadRequest(e.to_string())
+    })
 }

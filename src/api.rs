@@ -11,12 +11,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::SameSite;
-use crate::credentials::find_ticket;
+use crate::config::{SameSite, normalize_origin};
+use crate::credentials::{TicketFrom, find_ticket};
 use crate::gate::{Gate, Settings, now_ms, store_reject};
 use crate::login;
 use crate::reject::Reject;
-use crate::session::{Session, Status, validate_vars};
+use crate::segment::percent_decode;
+use crate::session::{Session, Status, merge_vars, validate_vars};
 use crate::store::RateDecision;
 use crate::ticket::{Claims, new_session_id};
 
@@ -31,6 +32,10 @@ pub struct ApiRequest<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
     pub client_ip: Option<IpAddr>,
+    /// The listener's scheme (`http` or `https`) and the request's `Host`
+    /// (or HTTP/2 `:authority`): together, the request's own origin.
+    pub scheme: &'a str,
+    pub host: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -102,13 +107,20 @@ pub async fn handle(gate: &Gate, s: &Settings, req: ApiRequest<'_>) -> Response 
     }
 }
 
-async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
-    let rest = req
-        .path
-        .strip_prefix(PREFIX)
-        .ok_or(Reject::NotFound)?
-        .trim_end_matches('/');
-    let m = req.method;
+/// What a `/_session` request asks for, once its path and method are known.
+enum Endpoint {
+    Info,
+    Login,
+    Touch,
+    Refresh,
+    Logout,
+    List,
+    End(String),
+    Remove(String),
+}
+
+/// The endpoint for a path under `/_session` (404) and a method (405).
+fn endpoint(rest: &str, m: &Method) -> Result<Endpoint, Reject> {
     let allow = |methods: &'static str, ok: bool| {
         if ok {
             Ok(())
@@ -116,46 +128,142 @@ async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
             Err(Reject::MethodNotAllowed(methods))
         }
     };
-    match rest {
+    // A session id segment is percent-decoded only (`+` stays `+`); one that
+    // is not UTF-8 names no session.
+    let id = |raw: &str| percent_decode(raw).map_err(|_| Reject::NotFound);
+    Ok(match rest {
         "" => {
             allow("GET", m == Method::GET)?;
-            info(gate, s, req).await
+            Endpoint::Info
         }
         "/login" => {
             allow("POST", m == Method::POST)?;
-            login(gate, s, req).await
+            Endpoint::Login
         }
         "/touch" => {
             allow("POST", m == Method::POST)?;
-            touch(gate, s, req).await
+            Endpoint::Touch
         }
         "/refresh" => {
             allow("POST", m == Method::POST)?;
-            refresh(gate, s, req).await
+            Endpoint::Refresh
         }
         "/logout" => {
             allow("POST", m == Method::POST)?;
-            logout(gate, s, req).await
+            Endpoint::Logout
         }
         "/list" => {
             allow("GET", m == Method::GET)?;
-            list(gate, s, req).await
+            Endpoint::List
         }
         other => {
             let tail = other.strip_prefix('/').unwrap_or(other);
             match tail.split_once('/') {
-                Some((id, "end")) if !id.is_empty() => {
+                Some((raw, "end")) if !raw.is_empty() => {
                     allow("POST", m == Method::POST)?;
-                    end_or_remove(gate, s, req, id, Status::Ended).await
+                    Endpoint::End(id(raw)?)
                 }
                 None if !tail.is_empty() => {
                     allow("DELETE", m == Method::DELETE)?;
-                    end_or_remove(gate, s, req, tail, Status::Removed).await
+                    Endpoint::Remove(id(tail)?)
                 }
-                _ => Err(Reject::NotFound),
+                _ => return Err(Reject::NotFound),
             }
         }
+    })
+}
+
+async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
+    let rest = req
+        .path
+        .strip_prefix(PREFIX)
+        .ok_or(Reject::NotFound)?
+        .trim_end_matches('/');
+    let endpoint = endpoint(rest, req.method)?;
+    json_body_only(req)?;
+    if !matches!(endpoint, Endpoint::Login) {
+        cookie_calls_from_allowed_origins(s, req)?;
     }
+    match endpoint {
+        Endpoint::Info => info(gate, s, req).await,
+        Endpoint::Login => login(gate, s, req).await,
+        Endpoint::Touch => touch(gate, s, req).await,
+        Endpoint::Refresh => refresh(gate, s, req).await,
+        Endpoint::Logout => logout(gate, s, req).await,
+        Endpoint::List => list(gate, s, req).await,
+        Endpoint::End(id) => end_or_remove(gate, s, req, &id, Status::Ended).await,
+        Endpoint::Remove(id) => end_or_remove(gate, s, req, &id, Status::Removed).await,
+    }
+}
+
+/// A body must be declared `application/json` (parameters allowed). Browsers
+/// send `text/plain`, form and multipart bodies cross-site without asking,
+/// but `application/json` only after a CORS preflight the gate never grants:
+/// this rule is what keeps a cross-site form from logging a victim in.
+fn json_body_only(req: &ApiRequest<'_>) -> Result<(), Reject> {
+    if req.body.is_empty() {
+        return Ok(());
+    }
+    let mut types = req.headers.get_all(header::CONTENT_TYPE).iter();
+    let declared = match (types.next(), types.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    };
+    if declared.is_some_and(is_json) {
+        Ok(())
+    } else {
+        tracing::info!(content_type = ?declared, "/_session body refused: not application/json");
+        Err(Reject::UnsupportedMediaType)
+    }
+}
+
+/// Whether a `Content-Type` value is `application/json`, with any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// A POST or DELETE authenticated by the ticket cookie (which a browser
+/// attaches to cross-site requests too) must come from the gate's own origin
+/// or one of `login.origins`: its `Origin`, or without one, `Sec-Fetch-Site:
+/// same-origin`. `Authorization` is never sent cross-site by a browser on its
+/// own, so calls carrying it are not checked.
+fn cookie_calls_from_allowed_origins(s: &Settings, req: &ApiRequest<'_>) -> Result<(), Reject> {
+    let state_changing = req.method == Method::POST || req.method == Method::DELETE;
+    let by_cookie = find_ticket(s, req.headers, None, false)
+        .is_some_and(|(_, from)| from == TicketFrom::Cookie);
+    if !state_changing || !by_cookie {
+        return Ok(());
+    }
+    let text = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let allowed = match text(header::ORIGIN) {
+        Some(origin) => {
+            let extra = s.config.login.as_ref().map_or(&[][..], |l| &l.origins[..]);
+            origin_allowed(origin, req.scheme, req.host, extra)
+        }
+        None => text(header::HeaderName::from_static("sec-fetch-site"))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("same-origin")),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        tracing::info!(
+            origin = ?text(header::ORIGIN),
+            host = ?req.host,
+            "cookie-authenticated /_session call refused: origin not allowed"
+        );
+        Err(Reject::OriginNotAllowed)
+    }
+}
+
+/// Whether `origin` is the request's own (`scheme://Host`) or one of `extra`
+/// (already normalized). Compared normalized: case and default ports aside.
+fn origin_allowed(origin: &str, scheme: &str, host: Option<&str>, extra: &[String]) -> bool {
+    let Some(origin) = normalize_origin(origin) else {
+        return false;
+    };
+    let own = host.and_then(|h| normalize_origin(&format!("{scheme}://{h}")));
+    own.as_deref() == Some(origin.as_str()) || extra.contains(&origin)
 }
 
 /// The caller's verified claims; their session must be active.
@@ -185,20 +293,34 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
     let Some(cfg) = &s.config.login else {
         return Err(Reject::NotFound);
     };
-    let body: LoginBody = serde_json::from_slice(req.body)
-        .map_err(|e| Reject::BadRequest(format!("malformed login body: {e}")))?;
-    validate_vars(&body.vars).map_err(|e| Reject::BadRequest(e.to_string()))?;
+    let body: LoginBody = serde_json::from_slice(req.body).map_err(|e| {
+        tracing::info!(error = ?e.to_string(), "login refused: malformed body");
+        Reject::BadRequest(format!("malformed login body: {e}"))
+    })?;
+    // Every refusal from here on names the attempted username in the log
+    // (escaped: it is the client's text). Rate-limited ones, the bulk of a
+    // flood, only at debug: their access-log line already has the code.
+    let refused = |r: Reject| {
+        if matches!(r, Reject::RateLimited { .. }) {
+            tracing::debug!(username = ?body.username, code = r.code(), "login refused");
+        } else {
+            tracing::info!(username = ?body.username, code = r.code(), "login refused");
+        }
+        r
+    };
+    validate_vars(&body.vars).map_err(|e| refused(Reject::BadRequest(e.to_string())))?;
     if body.vars.values().any(|v| v.chars().any(char::is_control)) {
-        return Err(Reject::BadRequest(
+        return Err(refused(Reject::BadRequest(
             "var values may not hold control characters".into(),
-        ));
+        )));
     }
+    let slot = login::reserve(s, &gate.hashing).map_err(refused)?;
     let now = now_ms();
     let limits = [
         req.client_ip
-            .map(|ip| (format!("login:ip:{ip}"), cfg.rate_limit.per_ip)),
+            .map(|ip| (login::ip_rate_key(ip), cfg.rate_limit.per_ip)),
         Some((
-            format!("login:user:{}", body.username),
+            login::user_rate_key(&body.username),
             cfg.rate_limit.per_user,
         )),
     ];
@@ -207,18 +329,19 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
         match gate.store.hit_rate(&key, rate.count, window, now).await {
             Ok(RateDecision::Allow) => {}
             Ok(RateDecision::Deny { retry_after_ms }) => {
-                tracing::info!(%key, "login rate limited");
-                return Err(Reject::RateLimited {
+                tracing::info!(key = ?key, "login rate limited");
+                return Err(refused(Reject::RateLimited {
                     retry_after_secs: retry_after_ms.div_ceil(1000),
-                });
+                }));
             }
-            Err(e) => return Err(store_reject(e)),
+            Err(e) => return Err(refused(store_reject(e))),
         }
     }
-    let ident = login::check(s, &body.username, &body.password, &body.vars).await?;
-    let mut vars = body.vars;
-    vars.extend(ident.vars.clone());
-    validate_vars(&vars).map_err(|e| Reject::BadRequest(e.to_string()))?;
+    let ident = login::check(s, slot, &body.username, &body.password, &body.vars)
+        .await
+        .map_err(refused)?;
+    let vars = merge_vars(body.vars.clone(), &ident.vars);
+    validate_vars(&vars).map_err(|e| refused(Reject::BadRequest(e.to_string())))?;
 
     let now = now_ms();
     let max_expire_at = now.saturating_add(s.max_lifetime_ms());
@@ -235,16 +358,18 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
         max_expire_at,
         updated_at: now,
     };
+    // Minted before anything is stored: a ticket that cannot be issued (over
+    // 8 KiB) refuses the login with nothing stored and nothing replaced.
+    let ticket = mint(s, &session).map_err(refused)?;
     let created = gate
         .store
         .create(&session, s.config.sessions.max_per_user, s.rules)
         .await
-        .map_err(store_reject)?;
+        .map_err(|e| refused(store_reject(e)))?;
     for sid in &created.replaced {
         gate.cache.forget(sid);
     }
-    let ticket = mint(s, &session)?;
-    tracing::info!(sid = %session.id, user = %session.user_id, "login");
+    tracing::info!(sid = %session.id, user = ?session.user_id, "login");
     Ok(Response::json(
         201,
         &json!({
@@ -272,7 +397,8 @@ fn mint(s: &Settings, session: &Session) -> Result<String, Reject> {
         exp: session.expire_at / 1000,
     };
     s.keys.sign(&claims).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign ticket");
+        // Over 8 KiB is the client's vars; a missing key the operator's config.
+        tracing::warn!(error = %e, "cannot sign ticket");
         Reject::BadRequest("cannot issue a ticket for this session".into())
     })
 }
@@ -429,6 +555,52 @@ mod tests {
 
     fn settings(cookie: &str) -> Settings {
         crate::gate::tests::settings_with(&format!("  cookie: {cookie}\n"))
+    }
+
+    #[test]
+    fn json_is_the_essence_whatever_the_parameters() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json(" application/json ;charset=UTF-8"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+        assert!(!is_json("application/json-seq"));
+        assert!(!is_json("application/vnd.api+json"));
+        assert!(!is_json(""));
+    }
+
+    #[test]
+    fn own_origin_is_scheme_and_host_compared_normalized() {
+        let extra = vec!["https://app.example.com".to_owned()];
+        let ok = |o: &str, host: Option<&str>| origin_allowed(o, "http", host, &extra);
+        assert!(ok("http://gate.test:6090", Some("gate.test:6090")));
+        assert!(ok("HTTP://Gate.Test", Some("gate.test:80")));
+        assert!(ok("https://app.example.com", Some("gate.test")));
+        assert!(ok("https://app.example.com:443", None));
+        assert!(
+            !ok("https://gate.test:6090", Some("gate.test:6090")),
+            "scheme"
+        );
+        assert!(!ok("http://gate.test:6091", Some("gate.test:6090")), "port");
+        assert!(!ok("http://gate.test.evil.com", Some("gate.test")));
+        assert!(!ok("null", Some("gate.test")));
+        assert!(!ok("http://gate.test", None));
+    }
+
+    #[test]
+    fn session_id_segments_are_percent_decoded_only() {
+        let Ok(Endpoint::Remove(id)) = endpoint("/a+b%2Bc", &Method::DELETE) else {
+            panic!("not a remove");
+        };
+        assert_eq!(id, "a+b+c");
+        let Ok(Endpoint::End(id)) = endpoint("/x%40y/end", &Method::POST) else {
+            panic!("not an end");
+        };
+        assert_eq!(id, "x@y");
+        assert!(matches!(
+            endpoint("/%FF", &Method::DELETE),
+            Err(Reject::NotFound)
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 mod check;
+pub use check::normalize_origin;
 mod raw;
 mod source;
 #[cfg(test)]
@@ -227,7 +228,29 @@ pub struct LoginConfig {
     /// (relative paths resolve against the working directory, like the `-c` argument).
     pub users_file: Option<PathBuf>,
     pub delegate: Option<DelegateConfig>,
+    /// Origins allowed, besides the request's own, for cookie-authenticated
+    /// POST/DELETE `/_session` calls; normalized like route origins.
+    pub origins: Vec<String>,
     pub rate_limit: RateLimitConfig,
+    pub hashing: HashingConfig,
+}
+
+/// The bounded pool users-file password checks run on (read at start only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashingConfig {
+    /// argon2 verifications running at once.
+    pub workers: usize,
+    /// Verifications that may wait for a worker; a login beyond them gets 429.
+    pub queue: usize,
+}
+
+impl Default for HashingConfig {
+    fn default() -> Self {
+        HashingConfig {
+            workers: 2,
+            queue: 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

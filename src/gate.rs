@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::{Config, OnUnavailable, UserEntry};
+use crate::login::HashPool;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::route::RouteTable;
@@ -309,6 +310,8 @@ pub struct Gate {
     flights: Mutex<HashMap<String, Flight>>,
     pub tunnels: Tunnels,
     pub metrics: Metrics,
+    /// Where login password checks run, bounded (sized at start).
+    pub hashing: HashPool,
     pub config_path: std::path::PathBuf,
     /// Requests (tunnels included) being served, for a graceful stop that
     /// exits as soon as they are done.
@@ -337,7 +340,14 @@ impl Gate {
         store: Arc<dyn SessionStore>,
         config_path: std::path::PathBuf,
     ) -> Arc<Gate> {
+        let hashing = settings
+            .config
+            .login
+            .as_ref()
+            .map(|l| l.hashing)
+            .unwrap_or_default();
         Arc::new(Gate {
+            hashing: HashPool::new(hashing.workers, hashing.queue),
             settings: ArcSwap::from_pointee(settings),
             store,
             cache: LivenessCache::default(),

@@ -182,6 +182,14 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// The scheme of the listener the request came in on: `https` once TLS
+/// terminated on this connection. The one place the request's own origin
+/// (`/_session` cross-site checks) takes its scheme from.
+fn listener_scheme(session: &Session) -> &'static str {
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    if tls { "https" } else { "http" }
+}
+
 /// Writes a whole response, keeping the connection reusable.
 async fn respond(session: &mut Session, resp: Response) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 1))?;
@@ -418,8 +426,14 @@ impl Proxy {
             Err(r) => return self.refuse(session, ctx, r).await,
         };
         let ip = client_ip(session);
+        let scheme = listener_scheme(session);
         let req = session.req_header();
         let method = req.method.clone();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
         let resp = api::handle(
             &self.gate,
             s,
@@ -429,6 +443,8 @@ impl Proxy {
                 headers: &req.headers,
                 body: &body,
                 client_ip: ip,
+                scheme,
+                host,
             },
         )
         .await;

@@ -229,6 +229,10 @@ pub enum VarsError {
     BadKey(String),
     #[error("var {0:?} is longer than {MAX_VAR_VALUE} bytes")]
     ValueTooLong(String),
+    /// Keys become header names, which are case-insensitive: `orgId` and
+    /// `orgid` would be two values for one header.
+    #[error("var keys {0:?} and {1:?} differ only in case")]
+    DuplicateKey(String, String),
 }
 
 pub fn validate_vars(vars: &BTreeMap<String, String>) -> Result<(), VarsError> {
@@ -247,7 +251,30 @@ pub fn validate_vars(vars: &BTreeMap<String, String>) -> Result<(), VarsError> {
     if vars.len() > MAX_VARS {
         return Err(VarsError::TooMany);
     }
+    // A BTreeMap orders `A` < `Z` < `a`, so case variants are not neighbours:
+    // sort the folded keys instead (at most 32 of them).
+    let mut folded: Vec<(String, &String)> =
+        vars.keys().map(|k| (k.to_ascii_lowercase(), k)).collect();
+    folded.sort();
+    if let Some(w) = folded.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(VarsError::DuplicateKey(w[0].1.clone(), w[1].1.clone()));
+    }
     Ok(())
+}
+
+/// The vars a login stores: the client's, then the credential check's on top.
+/// A credential key replaces any client key equal to it ignoring case, and
+/// keeps its own spelling, so a client cannot shadow `orgId` with `orgid`.
+pub fn merge_vars(
+    client: BTreeMap<String, String>,
+    credential: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = client
+        .into_iter()
+        .filter(|(k, _)| !credential.keys().any(|c| c.eq_ignore_ascii_case(k)))
+        .collect();
+    out.extend(credential.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC string with millisecond precision.
@@ -335,6 +362,37 @@ mod tests {
         assert_eq!(validate_vars(&v), Err(VarsError::ValueTooLong("k".into())));
         let v: BTreeMap<_, _> = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(validate_vars(&v), Err(VarsError::TooMany));
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn var_keys_differing_only_in_case_are_refused() {
+        assert_eq!(
+            validate_vars(&map(&[("orgId", "1"), ("orgid", "2")])),
+            Err(VarsError::DuplicateKey("orgId".into(), "orgid".into()))
+        );
+        // Not neighbours in the map's own order.
+        assert!(matches!(
+            validate_vars(&map(&[("A", "1"), ("Z", "2"), ("a", "3")])),
+            Err(VarsError::DuplicateKey(..))
+        ));
+        assert_eq!(validate_vars(&map(&[("a-b", "1"), ("a_b", "2")])), Ok(()));
+    }
+
+    #[test]
+    fn a_credential_key_overrides_client_keys_of_any_case() {
+        let merged = merge_vars(
+            map(&[("orgid", "1337"), ("ORGID", "7"), ("team", "red")]),
+            &map(&[("orgId", "42")]),
+        );
+        assert_eq!(merged, map(&[("orgId", "42"), ("team", "red")]));
+        assert_eq!(validate_vars(&merged), Ok(()));
     }
 
     #[test]

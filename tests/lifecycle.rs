@@ -1031,7 +1031,8 @@ async fn concurrent_logins_keep_exactly_max_per_user_active() {
         &Setup::redis(&redis)
             .sessions("  max_per_user: 5\n")
             .routes(&shop(echo.addr)),
-        "  users_file: {cheap_users}\n  rate_limit: {per_ip: 1000/min, per_user: 1000/min}\n",
+        // A hashing queue that holds every one of the 200 logins at once.
+        "  users_file: {cheap_users}\n  rate_limit: {per_ip: 1000/min, per_user: 1000/min}\n  hashing: {workers: 2, queue: 200}\n",
     )
     .await;
     let body = login_body("alice", "wonderland", json!({}));

@@ -630,10 +630,39 @@ impl<'a> Ctx<'a> {
                 ),
             },
         };
+        let origins = raw
+            .origins
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(j, o)| self.origin(&format!("login.origins[{j}]"), o))
+            .collect();
+        let hashing = self.hashing(raw.hashing);
         LoginConfig {
             users_file: raw.users_file.map(PathBuf::from),
             delegate,
+            origins,
             rate_limit,
+            hashing,
+        }
+    }
+
+    fn hashing(&mut self, raw: Option<RawHashing>) -> HashingConfig {
+        let defaults = HashingConfig::default();
+        let Some(raw) = raw else { return defaults };
+        let queue = match raw.queue {
+            None => defaults.queue,
+            Some(n) => usize::try_from(n).unwrap_or_else(|_| {
+                self.err(
+                    "login.hashing.queue",
+                    format!("must be a whole number of at least 0, not {n}"),
+                );
+                defaults.queue
+            }),
+        };
+        HashingConfig {
+            workers: self.count("login.hashing.workers", raw.workers, defaults.workers),
+            queue,
         }
     }
 
@@ -970,6 +999,17 @@ impl<'a> Ctx<'a> {
             }
             self.header_text(&at, value, true);
         }
+        // Keys become header names (case-insensitive): two spellings of one
+        // key would be two values for one header.
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for key in vars.keys() {
+            if let Some(first) = seen.insert(key.to_ascii_lowercase(), key) {
+                self.err_key(
+                    &format!("{path}.{key}"),
+                    format!("var name `{key}` differs from `{first}` only in case"),
+                );
+            }
+        }
     }
 }
 
@@ -1022,7 +1062,9 @@ fn is_host(host: &str) -> bool {
         })
 }
 
-fn normalize_origin(raw: &str) -> Option<String> {
+/// `scheme://host[:port]` lowercased, without a default port; `None` for
+/// anything else (a path, userinfo, the opaque `null`).
+pub fn normalize_origin(raw: &str) -> Option<String> {
     let (scheme, rest) = raw.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())

@@ -180,7 +180,16 @@ pub(super) struct RawIdentity {
 pub(super) struct RawLogin {
     pub(super) users_file: Option<String>,
     pub(super) delegate: Option<RawDelegate>,
+    pub(super) origins: Option<Vec<String>>,
     pub(super) rate_limit: Option<RawRateLimit>,
+    pub(super) hashing: Option<RawHashing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHashing {
+    pub(super) workers: Option<i64>,
+    pub(super) queue: Option<i64>,
 }
 
 #[derive(Deserialize)]

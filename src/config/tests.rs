@@ -882,3 +882,61 @@ fn route_tls_names_the_upstream_and_loads_a_ca_that_parses() {
     let c = ok(&format!("{gateway}    tls: {{sni: chat.internal}}\n"));
     assert_eq!(c.routes[0].tls.as_ref().unwrap().sni, "chat.internal");
 }
+
+#[test]
+fn login_origins_and_hashing_are_checked() {
+    let c = ok(&minimal_with(
+        "login:\n  users_file: u.yaml\n  origins: [\"HTTPS://App.Example.com:443\"]\n  hashing: {workers: 1, queue: 0}\n",
+    ));
+    let login = c.login.unwrap();
+    assert_eq!(login.origins, ["https://app.example.com"]);
+    assert_eq!(
+        login.hashing,
+        HashingConfig {
+            workers: 1,
+            queue: 0
+        }
+    );
+    let c = ok(&minimal_with("login:\n  users_file: u.yaml\n"));
+    let login = c.login.unwrap();
+    assert!(login.origins.is_empty());
+    assert_eq!(
+        login.hashing,
+        HashingConfig {
+            workers: 2,
+            queue: 32
+        }
+    );
+    let e = errs(&minimal_with(
+        "login:\n  users_file: u.yaml\n  origins: [\"null\", \"https://a.com/x\"]\n  hashing: {workers: 0, queue: -1}\n",
+    ));
+    let got: Vec<&str> = e
+        .iter()
+        .map(|e| e.message.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "login.origins[0]",
+            "login.origins[1]",
+            "login.hashing.workers",
+            "login.hashing.queue"
+        ],
+        "{}",
+        lines(&e)
+    );
+}
+
+#[test]
+fn users_file_vars_may_not_differ_only_in_case() {
+    let bad = format!(
+        "{USERS}  - username: carol\n    password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"\n    vars: {{orgId: \"1\", orgid: \"2\"}}\n"
+    );
+    let e = parse_users(&bad, Path::new("users.yaml")).unwrap_err();
+    assert!(
+        only(&e)
+            .contains("users[2].vars.orgid: var name `orgid` differs from `orgId` only in case"),
+        "{}",
+        lines(&e)
+    );
+}
