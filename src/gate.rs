@@ -894,6 +894,10 @@ pub(crate) mod tests {
         entered: Notify,
         release: Notify,
         events: Mutex<Option<broadcast::Receiver<Event>>>,
+        /// While set, `check_many` answers as an unreachable store does:
+        /// after a timeout, an error.
+        unreachable: AtomicBool,
+        many_calls: AtomicUsize,
     }
 
     impl Wrapped {
@@ -906,6 +910,8 @@ pub(crate) mod tests {
                 entered: Notify::new(),
                 release: Notify::new(),
                 events: Mutex::new(None),
+                unreachable: AtomicBool::new(false),
+                many_calls: AtomicUsize::new(0),
             }
         }
     }
@@ -938,6 +944,12 @@ pub(crate) mod tests {
             now: u64,
             r: Rules,
         ) -> Result<Vec<Option<Liveness>>, StoreError> {
+            self.many_calls.fetch_add(1, Ordering::SeqCst);
+            if self.unreachable.load(Ordering::SeqCst) {
+                let timeout = Duration::from_millis(50);
+                tokio::time::sleep(timeout).await;
+                return Err(StoreError::Timeout(timeout));
+            }
             self.inner.check_many(b, now, r).await
         }
         async fn get(&self, sid: &str, now: u64, r: Rules) -> Result<Option<Session>, StoreError> {
@@ -1272,5 +1284,95 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(session.map(|x| x.status), Some(Status::Abandoned));
+    }
+
+    /// Item 6: 10,000 tunnels over 10,000 sessions are checked in batches,
+    /// one store call per batch; with the store unreachable a pass gives up
+    /// after the first failed round of batches instead of waiting out a
+    /// timeout per session.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_checks_in_batches_and_never_stalls_on_a_dead_store() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let gate = Gate::new(settings(), store.clone(), "t.yaml".into());
+        let regs: Vec<_> = (0..10_000)
+            .map(|i| gate.tunnels.register(&format!("sid-{i}"), "chat"))
+            .collect();
+        let mut known = crate::sweeper::Known::default();
+        let pass = crate::sweeper::pass(&gate, &mut known, now, false).await;
+        // Unknown sessions: each tunnel ends (no such session), in 40 calls.
+        assert_eq!((pass.checked, pass.ended), (10_000, 10_000));
+        assert_eq!(
+            store.many_calls.load(Ordering::SeqCst),
+            10_000usize.div_ceil(crate::sweeper::BATCH)
+        );
+
+        store.unreachable.store(true, Ordering::SeqCst);
+        store.many_calls.store(0, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let pass = crate::sweeper::pass(&gate, &mut known, now, true).await;
+        assert!(pass.store_failed);
+        assert_eq!(pass.checked, 0);
+        assert!(store.many_calls.load(Ordering::SeqCst) <= crate::sweeper::CONCURRENCY);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(regs);
+    }
+
+    /// Item 7: both caches stay within their byte budgets however many
+    /// distinct entries arrive, evicting entry by entry.
+    #[test]
+    fn caches_are_bounded_by_their_byte_budgets() {
+        let s = settings();
+        let budget = 1u64 << 20;
+        let tickets = TicketCache::new(budget);
+        let claims = |i: usize| Claims {
+            iss: "sessiongate".into(),
+            sid: format!("sid-{i:026}"),
+            sub: format!("user-{i}"),
+            name: "A name".into(),
+            roles: vec!["player".into()],
+            vars: (0..8).map(|k| (format!("k{k}"), "v".repeat(100))).collect(),
+            iat: 0,
+            exp: u64::MAX / 2,
+        };
+        let mut weight = 0;
+        for i in 0..20_000 {
+            let c = claims(i);
+            let headers = s.identity.for_claims(&c);
+            let ticket = format!("h.p{i}.sig{i}");
+            let a = Arc::new(Admitted::new(c, headers, &ticket));
+            weight = a.weight();
+            tickets.put(&ticket, a);
+        }
+        let (n, bytes) = tickets.usage();
+        assert!(bytes <= budget, "{bytes} > {budget}");
+        assert!(n > 0 && n < 20_000, "{n} entries of {weight} bytes");
+        assert!(
+            u64::from(weight) > 2_000,
+            "the vars and headers are weighed: {weight}"
+        );
+        // Only the same text hits (a key collision would still need the signature).
+        let roomy = TicketCache::new(budget);
+        let c = claims(1);
+        let headers = s.identity.for_claims(&c);
+        roomy.put("h.p.sig", Arc::new(Admitted::new(c, headers, "h.p.sig")));
+        assert!(roomy.get("h.p.sig", 0, 0).is_some());
+        assert!(roomy.get("h.p.forged", 0, 0).is_none());
+
+        let live = LivenessCache::new(budget, Duration::from_secs(60));
+        let l = Liveness {
+            status: Status::Active,
+            expire_at: u64::MAX,
+            last_active_at: 0,
+        };
+        for i in 0..100_000 {
+            live.put(&format!("sid-{i:026}"), l, 0, live.forgets.now());
+        }
+        let (n, bytes) = live.usage();
+        assert!(bytes <= budget && n < 100_000, "{n} entries, {bytes} bytes");
     }
 }
