@@ -828,6 +828,10 @@ impl Gate {
             why,
             "session events may be lost: clearing the liveness cache, re-checking every tunnel"
         );
+        self.forget_everything();
+    }
+
+    fn forget_everything(&self) {
         self.cache.forget_everything();
         self.resync.store(true, Ordering::Release);
         self.resync_wake.notify_one();
@@ -859,7 +863,13 @@ impl Gate {
                     Err(RecvError::Closed) => return,
                 },
                 changed = gaps.changed(), if gaps_open => match changed {
-                    Ok(()) => self.events_lost("the event subscription was lost and resumed"),
+                    // The first subscription, at start: whatever was learnt
+                    // before it is redone without a warning.
+                    Ok(()) if *gaps.borrow_and_update() <= 1 => {
+                        tracing::debug!("subscribed to session events");
+                        self.forget_everything();
+                    }
+                    Ok(()) => self.events_lost("the event subscription was lost and made anew"),
                     Err(_) => gaps_open = false,
                 },
             }

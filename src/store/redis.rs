@@ -39,6 +39,9 @@ use tokio::sync::broadcast;
 use super::{Created, RateDecision, Rules, SessionStore, StoreError};
 use crate::session::{Event, Liveness, Session, Status, rfc3339, sid_tag, user_tag};
 
+/// How often an idle event subscription is checked for a live server.
+const EVENTS_PING_EVERY: Duration = Duration::from_secs(1);
+
 /// Dead sessions kept per user in the index beyond the active ones.
 pub const MAX_DEAD_PER_USER: usize = 50;
 
@@ -440,6 +443,9 @@ impl RedisStore {
     }
 
     async fn relay_events(self: Arc<Self>) {
+        // Capped low: while no subscription is open, events are lost, and a
+        // node that resubscribes late re-checks everything it knows.
+        const MAX_BACKOFF: Duration = Duration::from_millis(500);
         let mut backoff = Duration::from_millis(50);
         loop {
             let client = match self.client().await {
@@ -447,38 +453,72 @@ impl RedisStore {
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot find the master for session events");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            match client.get_async_pubsub().await {
-                Ok(mut ps) => match ps.subscribe(&self.channel).await {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(50);
-                        tracing::debug!(channel = %self.channel, "subscribed to session events");
-                        // Whatever was published before this subscription
-                        // (since the last one ended, or since the start) is
-                        // not coming: followers must re-check what they know.
-                        self.gaps.send_modify(|g| *g += 1);
-                        let mut stream = ps.into_on_message();
-                        while let Some(msg) = stream.next().await {
-                            match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
-                                Ok(ev) => {
-                                    let _ = self.events.send(ev);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "malformed session event ignored")
-                                }
-                            }
-                        }
-                        tracing::warn!("session event subscription lost; resubscribing");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot subscribe to session events"),
-                },
-                Err(e) => tracing::debug!(error = %e, "cannot connect for session events"),
+            // Bounded: a frozen server (SIGSTOP) accepts the TCP connection and
+            // then answers nothing, and would hold this task forever.
+            let wait = self.timeout.max(Duration::from_millis(500));
+            let subscribed = tokio::time::timeout(wait, async {
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            })
+            .await;
+            match subscribed {
+                Ok(Ok(ps)) => {
+                    backoff = Duration::from_millis(50);
+                    tracing::debug!(channel = %self.channel, "subscribed to session events");
+                    // Whatever was published before this subscription
+                    // (since the last one ended, or since the start) is
+                    // not coming: followers must re-check what they know.
+                    self.gaps.send_modify(|g| *g += 1);
+                    self.follow_subscription(ps, wait).await;
+                    tracing::warn!("session event subscription lost; resubscribing");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to session events"),
+                Err(_) => tracing::debug!("subscribing to session events timed out"),
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Relays one subscription's events until it fails. A subscription gets
+    /// no traffic of its own while no one publishes, so a server that froze
+    /// or was failed away from (Sentinel) would look merely quiet: it is
+    /// pinged every [`EVENTS_PING_EVERY`], and one that does not answer
+    /// within `wait` is given up for a new subscription, found anew.
+    async fn follow_subscription(&self, ps: redis::aio::PubSub, wait: Duration) {
+        let (mut sink, mut stream) = ps.split();
+        let mut ping = tokio::time::interval(EVENTS_PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return };
+                    match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
+                        Ok(ev) => {
+                            let _ = self.events.send(ev);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "malformed session event ignored"),
+                    }
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(wait, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "session event subscription failed its ping");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("session event subscription unanswered; resubscribing");
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 
