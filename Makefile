@@ -76,9 +76,13 @@ bench: deps
 
 # 10,000 WebSockets do not fit under this machine's 20,000 open-files cap
 # (two sockets per proxied WebSocket in the gate): 9,000 is the largest run.
+# Then revocation at scale: 9,000 tunnels over 3,000 sessions on two gates, every user
+# revoked at once, then (new sessions) every session left to idle_timeout.
 bench-ws: deps
 	$(CARGO) build --release --locked --bin sessiongate --example ws_load
 	benches/bench.sh --ws 9000
+	benches/revoke.sh --scenario revoke --sessions 3000 --tunnels 9000
+	benches/revoke.sh --scenario idle --sessions 3000 --tunnels 9000
 
 clean:
 	$(CARGO) clean
