@@ -12,12 +12,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # drives the benchmark. (deploy/check.sh brings PyYAML itself.)
 APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
 
-.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws clean
+.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-tickets clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
 	@echo "make test    - run every test (unit, integration, config and deploy checks)"
 	@echo "make bench   - release benchmark: direct vs public route vs ticket-checked"
+	@echo "make bench-ws - release: 9,000 idle WebSockets, then revocation at scale on two gates"
+	@echo "make bench-tickets - release: 1,000,000 distinct tickets against the ticket cache"
 	@echo "make lint    - cargo fmt --check and clippy -D warnings"
 
 # Installs only what is missing, so a warm machine pays nothing.
@@ -83,6 +85,12 @@ bench-ws: deps
 	benches/bench.sh --ws 9000
 	benches/revoke.sh --scenario revoke --sessions 3000 --tunnels 9000
 	benches/revoke.sh --scenario idle --sessions 3000 --tunnels 9000
+
+# The verified-ticket cache under 1,000,000 distinct valid tickets: RSS bounded by
+# tickets.cache_max_bytes, no latency cliff when eviction starts.
+bench-tickets: deps
+	$(CARGO) build --release --locked --bin sessiongate --example ticket_flood
+	benches/flood.sh
 
 clean:
 	$(CARGO) clean
