@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # drives the benchmark. (deploy/check.sh brings PyYAML itself.)
 APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
 
-.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-tickets clean
+.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-tickets chaos clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench   - release benchmark: direct vs public route vs ticket-checked"
 	@echo "make bench-ws - release: 9,000 idle WebSockets, then revocation at scale on two gates"
 	@echo "make bench-tickets - release: 1,000,000 distinct tickets against the ticket cache"
+	@echo "make chaos   - release: gate kill -9, Redis restart and revokes under load"
 	@echo "make lint    - cargo fmt --check and clippy -D warnings"
 
 # Installs only what is missing, so a warm machine pays nothing.
@@ -91,6 +92,12 @@ bench-ws: deps
 bench-tickets: deps
 	$(CARGO) build --release --locked --bin sessiongate --example ticket_flood
 	benches/flood.sh
+
+# Two gates, Redis with its AOF, HTTP load and 1,000 WebSockets; a gate killed and restarted,
+# Redis restarted, users revoked throughout (about a minute).
+chaos: deps
+	$(CARGO) build --release --locked --bin sessiongate --example ws_load
+	deploy/loadtest/chaos.sh
 
 clean:
 	$(CARGO) clean

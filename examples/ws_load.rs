@@ -63,8 +63,8 @@ struct Args {
     /// Name shown in the table (useful with several processes).
     #[arg(long, default_value = "ws_load")]
     label: String,
-    /// While held, write one line per Close frame the gate sends:
-    /// `<session id> <close code> <ms since the epoch when it arrived>`
+    /// While held, write one line per connection the gate ends:
+    /// `<session id> <close code, 0 if lost without one> <ms since the epoch>`
     /// (revocation benchmarks time the gate's closes against status changes).
     #[arg(long)]
     closes: Option<PathBuf>,
@@ -321,13 +321,16 @@ impl Conn {
         let released = tokio::select! {
             r = release.wait_for(|r| *r) => r.is_ok(),
             m = ws.next() => {
-                if let Some(Ok(Message::Close(Some(f)))) = m {
-                    let at_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis());
-                    let code = u16::from(f.code);
-                    let _ = self.closes.send(Closed { sid: self.sid.clone(), code, at_ms });
-                }
+                // Code 0: the connection was lost without a Close frame.
+                let code = match m {
+                    Some(Ok(Message::Close(Some(f)))) => u16::from(f.code),
+                    Some(Ok(Message::Close(None))) => 1005,
+                    _ => 0,
+                };
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let _ = self.closes.send(Closed { sid: self.sid.clone(), code, at_ms });
                 false
             }
         };
