@@ -12,13 +12,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # drives the benchmark. (deploy/check.sh brings PyYAML itself.)
 APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
 
-.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-login clean
+.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-login bench-tickets chaos clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
 	@echo "make test    - run every test (unit, integration, config and deploy checks)"
 	@echo "make bench   - release benchmark: direct vs public route vs ticket-checked"
 	@echo "make bench-login - release benchmark: a flood of bad logins vs the public route"
+	@echo "make bench-ws - release: 9,000 idle WebSockets, then revocation at scale on two gates"
+	@echo "make bench-tickets - release: 1,000,000 distinct tickets against the ticket cache"
+	@echo "make chaos   - release: gate kill -9, Redis restart and revokes under load"
 	@echo "make lint    - cargo fmt --check and clippy -D warnings"
 
 # Installs only what is missing, so a warm machine pays nothing.
@@ -77,9 +80,25 @@ bench: deps
 
 # 10,000 WebSockets do not fit under this machine's 20,000 open-files cap
 # (two sockets per proxied WebSocket in the gate): 9,000 is the largest run.
+# Then revocation at scale: 9,000 tunnels over 3,000 sessions on two gates, every user
+# revoked at once, then (new sessions) every session left to idle_timeout.
 bench-ws: deps
 	$(CARGO) build --release --locked --bin sessiongate --example ws_load
 	benches/bench.sh --ws 9000
+	benches/revoke.sh --scenario revoke --sessions 3000 --tunnels 9000
+	benches/revoke.sh --scenario idle --sessions 3000 --tunnels 9000
+
+# The verified-ticket cache under 1,000,000 distinct valid tickets: RSS bounded by
+# tickets.cache_max_bytes, no latency cliff when eviction starts.
+bench-tickets: deps
+	$(CARGO) build --release --locked --bin sessiongate --example ticket_flood
+	benches/flood.sh
+
+# Two gates, Redis with its AOF, HTTP load and 1,000 WebSockets; a gate killed and restarted,
+# Redis restarted, users revoked throughout (about a minute).
+chaos: deps
+	$(CARGO) build --release --locked --bin sessiongate --example ws_load
+	deploy/loadtest/chaos.sh
 
 # 1,000 connections of bad logins against the bounded argon2 pool: the gate's peak RSS and a
 # public route's p99 meanwhile.

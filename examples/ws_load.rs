@@ -63,6 +63,37 @@ struct Args {
     /// Name shown in the table (useful with several processes).
     #[arg(long, default_value = "ws_load")]
     label: String,
+    /// While held, write one line per connection the gate ends:
+    /// `<session id> <close code, 0 if lost without one> <ms since the epoch>`
+    /// (revocation benchmarks time the gate's closes against status changes).
+    #[arg(long)]
+    closes: Option<PathBuf>,
+    /// End the hold as soon as every connection has been closed by the gate.
+    #[arg(long)]
+    until_closed: bool,
+}
+
+/// A Close frame the gate sent while a connection was held.
+struct Closed {
+    sid: String,
+    code: u16,
+    at_ms: u128,
+}
+
+/// The `sid` claim of a ticket, read without verifying it (the gate does that).
+fn sid_of(ticket: &str) -> String {
+    use base64::Engine as _;
+    ticket
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["sid"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// What one connection reports once its round trips are done (or it failed).
@@ -97,6 +128,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = watch::channel(false);
     let closed_early = Arc::new(AtomicUsize::new(0));
+    let (closes_tx, mut closes_rx) = mpsc::unbounded_channel::<Closed>();
     let payload = "x".repeat(args.message_size);
     let started = Instant::now();
 
@@ -104,6 +136,8 @@ async fn run(args: Args) -> Result<bool, String> {
     for i in 0..args.connections {
         let ticket = &tickets[(i + args.ticket_offset) % tickets.len()];
         let conn = Conn {
+            sid: sid_of(ticket),
+            closes: closes_tx.clone(),
             url: format!("{}{sep}ticket={ticket}", args.url),
             payload: payload.clone(),
             round_trips: args.round_trips,
@@ -117,6 +151,7 @@ async fn run(args: Args) -> Result<bool, String> {
         )));
     }
     drop(report_tx);
+    drop(closes_tx);
 
     let mut opened = 0usize;
     let mut failures: Vec<String> = Vec::new();
@@ -143,11 +178,30 @@ async fn run(args: Args) -> Result<bool, String> {
     let rss_after = args.gate_pid.and_then(proc_status);
 
     if args.hold > 0 && opened > 0 {
-        hold(Duration::from_secs(args.hold)).await;
+        let all_closed = async {
+            if !args.until_closed {
+                return std::future::pending().await;
+            }
+            while closed_early.load(Ordering::Relaxed) < opened {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            () = hold(Duration::from_secs(args.hold)) => {}
+            () = all_closed => {}
+        }
     }
     let _ = release_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(timeout, t).await;
+    }
+
+    if let Some(path) = &args.closes {
+        let mut out = String::new();
+        while let Ok(c) = closes_rx.try_recv() {
+            out.push_str(&format!("{} {} {}\n", c.sid, c.code, c.at_ms));
+        }
+        std::fs::write(path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
 
     rtts.sort_unstable();
@@ -197,6 +251,8 @@ async fn hold(d: Duration) {
 }
 
 struct Conn {
+    sid: String,
+    closes: mpsc::UnboundedSender<Closed>,
     url: String,
     payload: String,
     round_trips: usize,
@@ -264,7 +320,19 @@ impl Conn {
         // did not survive idling (for instance a Close 4401 when its session ended).
         let released = tokio::select! {
             r = release.wait_for(|r| *r) => r.is_ok(),
-            _ = ws.next() => false,
+            m = ws.next() => {
+                // Code 0: the connection was lost without a Close frame.
+                let code = match m {
+                    Some(Ok(Message::Close(Some(f)))) => u16::from(f.code),
+                    Some(Ok(Message::Close(None))) => 1005,
+                    _ => 0,
+                };
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let _ = self.closes.send(Closed { sid: self.sid.clone(), code, at_ms });
+                false
+            }
         };
         if released {
             let _ = ws.close(None).await;

@@ -60,7 +60,7 @@ async fn route(
         }
         "/readyz" => {
             get_only(method == Method::GET)?;
-            Ok(match gate.store.ping().await {
+            Ok(match gate.ping_store().await {
                 Ok(()) => text(200, "ready\n"),
                 Err(e) => {
                     tracing::warn!(error = %e, "not ready: store unreachable");
@@ -126,8 +126,7 @@ async fn admin_api(
                 .filter(|u| !u.is_empty())
                 .ok_or_else(|| Reject::BadRequest("the user query parameter is required".into()))?;
             let sessions = gate
-                .store
-                .list(&user, now, s.rules)
+                .sessions_of(&user, now, s.rules)
                 .await
                 .map_err(store_reject)?;
             let views: Vec<_> = sessions.iter().map(view).collect();
@@ -139,12 +138,10 @@ async fn admin_api(
             }
             let id = decode(id)?;
             let session = gate
-                .store
                 .set_status(&id, Status::Revoked, now, s.rules)
                 .await
                 .map_err(store_reject)?
                 .ok_or(Reject::NotFound)?;
-            gate.cache.forget(&id);
             tracing::info!(sid = ?id, "session revoked by operator");
             Ok(Response::json(200, &json!({"session": view(&session)})))
         }
@@ -154,10 +151,10 @@ async fn admin_api(
             }
             let user = decode(id)?;
             let n = gate
-                .store
                 .revoke_user(&user, now, s.rules)
                 .await
-                .map_err(store_reject)?;
+                .map_err(store_reject)?
+                .len();
             tracing::info!(user = ?user, revoked = n, "user's sessions revoked by operator");
             Ok(Response::json(200, &json!({"revoked": n})))
         }

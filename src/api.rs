@@ -326,7 +326,7 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
     ];
     for (key, rate) in limits.into_iter().flatten() {
         let window = u64::try_from(rate.per.as_millis()).unwrap_or(u64::MAX);
-        match gate.store.hit_rate(&key, rate.count, window, now).await {
+        match gate.hit_rate(&key, rate.count, window, now).await {
             Ok(RateDecision::Allow) => {}
             Ok(RateDecision::Deny { retry_after_ms }) => {
                 tracing::info!(key = ?key, "login rate limited");
@@ -361,14 +361,9 @@ async fn login(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
     // Minted before anything is stored: a ticket that cannot be issued (over
     // 8 KiB) refuses the login with nothing stored and nothing replaced.
     let ticket = mint(s, &session).map_err(refused)?;
-    let created = gate
-        .store
-        .create(&session, s.config.sessions.max_per_user, s.rules)
+    gate.create_session(&session, s.config.sessions.max_per_user, s.rules)
         .await
         .map_err(|e| refused(store_reject(e)))?;
-    for sid in &created.replaced {
-        gate.cache.forget(sid);
-    }
     tracing::info!(sid = %session.id, user = ?session.user_id, "login");
     Ok(Response::json(
         201,
@@ -437,8 +432,7 @@ async fn info(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respons
 }
 
 async fn load(gate: &Gate, s: &Settings, sid: &str) -> Result<Session, Reject> {
-    gate.store
-        .get(sid, now_ms(), s.rules)
+    gate.session(sid, now_ms(), s.rules)
         .await
         .map_err(store_reject)?
         .ok_or(Reject::InvalidTicket)
@@ -456,12 +450,10 @@ fn still_active(session: Option<Session>) -> Result<Session, Reject> {
 async fn touch(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
     let claims = caller(gate, s, req).await?;
     let session = gate
-        .store
         .touch(&claims.sid, now_ms(), s.rules)
         .await
         .map_err(store_reject)
         .and_then(still_active)?;
-    gate.cache.forget(&claims.sid);
     Ok(Response::json(
         200,
         &json!({"session": session_json(s, &session)}),
@@ -472,12 +464,10 @@ async fn refresh(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Resp
     let claims = caller(gate, s, req).await?;
     let now = now_ms();
     let session = gate
-        .store
         .refresh(&claims.sid, now.saturating_add(s.ttl_ms()), now, s.rules)
         .await
         .map_err(store_reject)
         .and_then(still_active)?;
-    gate.cache.forget(&claims.sid);
     let ticket = mint(s, &session)?;
     Ok(Response::json(
         200,
@@ -492,11 +482,9 @@ async fn refresh(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Resp
 
 async fn logout(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
     let claims = caller(gate, s, req).await?;
-    gate.store
-        .set_status(&claims.sid, Status::Ended, now_ms(), s.rules)
+    gate.set_status(&claims.sid, Status::Ended, now_ms(), s.rules)
         .await
         .map_err(store_reject)?;
-    gate.cache.forget(&claims.sid);
     tracing::info!(sid = %claims.sid, user = %claims.sub, "logout");
     Ok(Response::empty(204).with_cookie(set_cookie(s, "", 0)))
 }
@@ -504,8 +492,7 @@ async fn logout(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respo
 async fn list(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Response, Reject> {
     let claims = caller(gate, s, req).await?;
     let sessions = gate
-        .store
-        .list(&claims.sub, now_ms(), s.rules)
+        .sessions_of(&claims.sub, now_ms(), s.rules)
         .await
         .map_err(store_reject)?;
     let views: Vec<_> = sessions.iter().map(|x| session_json(s, x)).collect();
@@ -524,8 +511,7 @@ async fn end_or_remove(
     let claims = caller(gate, s, req).await?;
     let now = now_ms();
     let owned = gate
-        .store
-        .get(id, now, s.rules)
+        .session(id, now, s.rules)
         .await
         .map_err(store_reject)?
         .filter(|x| x.user_id == claims.sub && x.status != Status::Removed);
@@ -533,12 +519,10 @@ async fn end_or_remove(
         return Err(Reject::NotFound);
     }
     let session = gate
-        .store
         .set_status(id, target, now, s.rules)
         .await
         .map_err(store_reject)?
         .ok_or(Reject::NotFound)?;
-    gate.cache.forget(id);
     if target == Status::Removed {
         Ok(Response::empty(204))
     } else {

@@ -95,6 +95,9 @@ pub struct StoreConfig {
     /// the store again (status changes also reach it over pub/sub at once).
     /// `0s` sends every request to the store.
     pub cache: Duration,
+    /// Extension: the most memory (bytes, estimated) the per-node liveness
+    /// cache holds; least used entries go first. Read once, at start.
+    pub cache_max_bytes: u64,
     /// Extension: the CA (PEM, read from `store.tls.ca_file` when the config
     /// loads) that `rediss://` servers are verified with, instead of the
     /// system's roots.
@@ -115,6 +118,7 @@ impl StoreConfig {
             on_unavailable: OnUnavailable::Deny,
             grace: DEFAULT_STORE_GRACE,
             cache: DEFAULT_STORE_CACHE,
+            cache_max_bytes: DEFAULT_STORE_CACHE_MAX_BYTES,
         }
     }
 }
@@ -137,6 +141,9 @@ pub struct TicketsConfig {
     /// Never empty, no duplicates, in the order to look.
     pub from: Vec<TicketSource>,
     pub cookie: CookieConfig,
+    /// Extension: the most memory (bytes, estimated) the per-node cache of
+    /// verified tickets holds; least used entries go first.
+    pub cache_max_bytes: u64,
 }
 
 #[derive(Clone)]
@@ -398,6 +405,10 @@ const DEFAULT_KEY_PREFIX: &str = "sg:";
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 const DEFAULT_STORE_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_STORE_CACHE: Duration = Duration::from_secs(1);
+const DEFAULT_STORE_CACHE_MAX_BYTES: u64 = 32 << 20;
+const DEFAULT_TICKET_CACHE_MAX_BYTES: u64 = 32 << 20;
+/// The smallest cache budget a config may set.
+pub const MIN_CACHE_BYTES: u64 = 64 << 10;
 const DEFAULT_ISSUER: &str = "sessiongate";
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
 const DEFAULT_FROM: [TicketSource; 3] = [
@@ -537,6 +548,28 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         total = total.checked_add(Duration::from_millis(n.checked_mul(unit_ms)?))?;
     }
     Some(total)
+}
+
+/// Parses a size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `kB`, `MB`,
+/// `GB` as powers of 1000, and a bare `B`).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit: u64 = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 /// Parses `N/unit` (`10/min`, `5/s`, `100/hour`, `2/day`) or `N/duration` (`3/10s`).

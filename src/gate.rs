@@ -7,19 +7,21 @@
 //! config from start to end.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
+use tokio::sync::broadcast;
 
 use crate::config::{Config, OnUnavailable, UserEntry};
 use crate::login::HashPool;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::route::RouteTable;
-use crate::session::{Liveness, Status};
-use crate::store::{Rules, SessionStore, StoreError};
+use crate::session::{Event, Liveness, Session, Status};
+use crate::store::{Created, RateDecision, Rules, SessionStore, StoreError};
 use crate::ticket::{Claims, Key, KeyRing};
 use crate::tunnel::Tunnels;
 
@@ -105,34 +107,101 @@ impl IdentityHeaders {
 pub struct Admitted {
     pub claims: Claims,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The ticket's signature segment: a cache hit on the ticket's hash is
+    /// confirmed against it, so a hash collision never lends one ticket's
+    /// identity to another text.
+    signature: Box<str>,
 }
 
-/// Verified tickets by their exact text: a repeat of a ticket skips the HMAC,
-/// the JSON decoding and the header building. Only the expiry is re-checked;
-/// the session's liveness is checked on every request regardless. Lives in
-/// [`Settings`], so a reload (new keys) starts it empty.
-#[derive(Default)]
+impl Admitted {
+    pub fn new(claims: Claims, headers: Vec<(HeaderName, HeaderValue)>, ticket: &str) -> Admitted {
+        Admitted {
+            claims,
+            headers,
+            signature: signature_of(ticket).into(),
+        }
+    }
+
+    /// What the entry holds, estimated in bytes, for the cache's budget.
+    fn weight(&self) -> u32 {
+        let c = &self.claims;
+        let claims = c.iss.len()
+            + c.sid.len()
+            + c.sub.len()
+            + c.name.len()
+            + c.roles.iter().map(|r| r.len() + 24).sum::<usize>()
+            + c.vars
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 64)
+                .sum::<usize>();
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 64)
+            .sum();
+        let total = std::mem::size_of::<Admitted>() + claims + headers + self.signature.len();
+        u32::try_from(total + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+fn signature_of(ticket: &str) -> &str {
+    ticket.rsplit('.').next().unwrap_or("")
+}
+
+/// Bytes a cache entry costs beyond its own data (the cache's node, its
+/// key, the map slot), a rough figure that keeps the budget honest.
+const ENTRY_OVERHEAD: usize = 160;
+/// A verified ticket is re-verified at least this often even while repeated.
+const TICKET_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// Verified tickets by a keyed hash of their text: a repeat of a ticket skips
+/// the HMAC, the JSON decoding and the header building. Only the expiry is
+/// re-checked; the session's liveness is checked on every request
+/// regardless. Bounded by an estimate of the bytes it holds
+/// (`tickets.cache_max_bytes`), evicting the least used first, entry by
+/// entry. Lives in [`Settings`], so a reload (new keys) starts it empty.
 pub struct TicketCache {
-    map: Mutex<HashMap<Box<str>, Arc<Admitted>>>,
+    map: moka::sync::Cache<u64, Arc<Admitted>>,
+    hasher: std::hash::RandomState,
 }
-
-const TICKET_CACHE_MAX: usize = 50_000;
 
 impl TicketCache {
+    pub fn new(max_bytes: u64) -> TicketCache {
+        TicketCache {
+            map: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, a: &Arc<Admitted>| a.weight())
+                .time_to_live(TICKET_CACHE_TTL)
+                .build(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn key(&self, ticket: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.hasher.hash_one(ticket)
+    }
+
     fn get(&self, ticket: &str, now_secs: u64, leeway_secs: u64) -> Option<Arc<Admitted>> {
-        let map = self.map.lock().ok()?;
-        map.get(ticket)
-            .filter(|a| a.claims.exp.saturating_add(leeway_secs) > now_secs)
-            .cloned()
+        use subtle::ConstantTimeEq as _;
+        self.map.get(&self.key(ticket)).filter(|a| {
+            a.claims.exp.saturating_add(leeway_secs) > now_secs
+                && bool::from(
+                    a.signature
+                        .as_bytes()
+                        .ct_eq(signature_of(ticket).as_bytes()),
+                )
+        })
     }
 
     fn put(&self, ticket: &str, admitted: Arc<Admitted>) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= TICKET_CACHE_MAX {
-                map.clear();
-            }
-            map.insert(ticket.into(), admitted);
-        }
+        self.map.insert(self.key(ticket), admitted);
+    }
+
+    /// Entries and their estimated bytes (after pending evictions ran).
+    pub fn usage(&self) -> (u64, u64) {
+        self.map.run_pending_tasks();
+        (self.map.entry_count(), self.map.weighted_size())
     }
 }
 
@@ -187,7 +256,7 @@ impl Settings {
             identity,
             users: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
             cookie_name,
-            tickets: TicketCache::default(),
+            tickets: TicketCache::new(config.tickets.cache_max_bytes),
             config,
         })
     }
@@ -201,35 +270,114 @@ impl Settings {
     }
 }
 
+/// Forgetting with generations: the answer to a store check that began
+/// before a session was forgotten must never vouch for it afterwards.
+///
+/// Every forget takes the next generation from one counter and records it
+/// in the session's slot (a slot per hash of the session id, so the table
+/// is fixed-size and needs no expiry). A check notes the counter before it
+/// goes to the store; its answer is good only while the session's slot, and
+/// the forget-everything mark, are no later than that note. A forget that
+/// lands while a check is in flight thus voids the check's answer, however
+/// late it comes back. Two sessions sharing a slot only cost an extra round
+/// trip now and then.
+struct Forgets {
+    clock: AtomicU64,
+    slots: Box<[AtomicU64]>,
+    everything: AtomicU64,
+    hasher: std::hash::RandomState,
+}
+
+/// Slots of [`Forgets`]: 512 KiB, so that collisions stay rare.
+const FORGET_SLOTS: usize = 1 << 16;
+
+impl Forgets {
+    fn new() -> Forgets {
+        Forgets {
+            clock: AtomicU64::new(0),
+            slots: (0..FORGET_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            everything: AtomicU64::new(0),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn slot(&self, sid: &str) -> &AtomicU64 {
+        use std::hash::BuildHasher as _;
+        let i = (self.hasher.hash_one(sid) as usize) % FORGET_SLOTS;
+        &self.slots[i]
+    }
+
+    /// The generation a check notes before it asks the store.
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    fn forget(&self, sid: &str) {
+        let g = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        self.slot(sid).fetch_max(g, Ordering::SeqCst);
+    }
+
+    fn forget_everything(&self) {
+        let g = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        self.everything.fetch_max(g, Ordering::SeqCst);
+    }
+
+    /// Whether nothing forgot `sid` after generation `since`.
+    fn unchanged_since(&self, sid: &str, since: u64) -> bool {
+        self.slot(sid).load(Ordering::SeqCst) <= since
+            && self.everything.load(Ordering::SeqCst) <= since
+    }
+}
+
 #[derive(Clone, Copy)]
 struct CacheEntry {
     live: Liveness,
     checked_at: u64,
+    /// The [`Forgets`] generation noted before the check that answered.
+    since: u64,
 }
 
 /// Per-node liveness cache: skips the store round trip for a session checked
 /// within `store.cache` (default 1 s) whose `lastActiveAt` is not yet due a
-/// write. Status changes are pushed over the events channel, which drops the
-/// entry at once; the TTL bounds the delay if an event is lost.
-#[derive(Default)]
+/// write. Status changes are pushed over the events channel, which forgets
+/// the session at once; the TTL bounds the delay if an event is lost, and a
+/// lost event that is noticed (a lagging follower, a lost subscription)
+/// forgets everything. Bounded by `store.cache_max_bytes`.
 pub struct LivenessCache {
-    map: Mutex<HashMap<String, CacheEntry>>,
+    map: moka::sync::Cache<String, CacheEntry>,
+    forgets: Forgets,
 }
 
-const CACHE_MAX: usize = 200_000;
+fn liveness_weight(sid: &str) -> u32 {
+    let bytes = sid.len() + std::mem::size_of::<CacheEntry>() + ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
 /// Entries outlive their freshness so `on_unavailable: grace` can use them.
-const CACHE_RETAIN_MS: u64 = 5 * 60 * 1000;
+const CACHE_RETAIN: Duration = Duration::from_secs(5 * 60);
 
 impl LivenessCache {
-    /// Whether the session has an entry and `pred` holds for it.
-    fn entry_is(&self, sid: &str, pred: impl FnOnce(&CacheEntry) -> bool) -> bool {
+    /// `retain`: how long an entry is kept at most (the longest of its uses).
+    fn new(max_bytes: u64, retain: Duration) -> LivenessCache {
+        LivenessCache {
+            map: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|sid: &String, _: &CacheEntry| liveness_weight(sid))
+                .time_to_live(retain.max(CACHE_RETAIN))
+                .build(),
+            forgets: Forgets::new(),
+        }
+    }
+
+    /// The session's entry, if no forget has voided it.
+    fn entry(&self, sid: &str) -> Option<CacheEntry> {
         self.map
-            .lock()
-            .is_ok_and(|map| map.get(sid).is_some_and(pred))
+            .get(sid)
+            .filter(|e| self.forgets.unchanged_since(sid, e.since))
     }
 
     fn fresh(&self, sid: &str, now: u64, rules: Rules, ttl_ms: u64) -> bool {
-        self.entry_is(sid, |e| {
+        self.entry(sid).is_some_and(|e| {
             let mut l = e.live;
             now.saturating_sub(e.checked_at) < ttl_ms
                 && l.apply_clock(now, rules.idle_ms).is_none()
@@ -239,49 +387,50 @@ impl LivenessCache {
     }
 
     /// Whether this node saw the session active within `grace_ms` (and the
-    /// clock has not ended it since).
+    /// clock has not ended it since, nor has an event).
     fn seen_active_within(&self, sid: &str, now: u64, grace_ms: u64) -> bool {
-        self.entry_is(sid, |e| {
+        self.entry(sid).is_some_and(|e| {
             now.saturating_sub(e.checked_at) < grace_ms
                 && e.live.status.is_active()
                 && now < e.live.expire_at
         })
     }
 
-    fn put(&self, sid: &str, live: Liveness, now: u64) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= CACHE_MAX {
-                map.retain(|_, e| now.saturating_sub(e.checked_at) < CACHE_RETAIN_MS);
-            }
-            match map.get_mut(sid) {
-                Some(e) => {
-                    *e = CacheEntry {
-                        live,
-                        checked_at: now,
-                    }
-                }
-                None => {
-                    map.insert(
-                        sid.to_owned(),
-                        CacheEntry {
-                            live,
-                            checked_at: now,
-                        },
-                    );
-                }
-            }
+    /// Keeps an answer from a check that began at generation `since`, unless
+    /// the session was forgotten meanwhile.
+    fn put(&self, sid: &str, live: Liveness, now: u64, since: u64) {
+        if self.forgets.unchanged_since(sid, since) {
+            let entry = CacheEntry {
+                live,
+                checked_at: now,
+                since,
+            };
+            self.map.insert(sid.to_owned(), entry);
         }
     }
 
-    pub fn forget(&self, sid: &str) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(sid);
-        }
+    fn forget(&self, sid: &str) {
+        // The generation first: from here on no older answer is good, even
+        // one whose insert races with the removal below.
+        self.forgets.forget(sid);
+        self.map.invalidate(sid);
+    }
+
+    fn forget_everything(&self) {
+        self.forgets.forget_everything();
+        self.map.invalidate_all();
+    }
+
+    /// Entries and their estimated bytes (after pending evictions ran).
+    pub fn usage(&self) -> (u64, u64) {
+        self.map.run_pending_tasks();
+        (self.map.entry_count(), self.map.weighted_size())
     }
 }
 
-/// One store check shared by concurrent requests for the same session.
-type Flight = Arc<tokio::sync::OnceCell<Result<Option<Liveness>, Reject>>>;
+/// One store check shared by concurrent requests for the same session, with
+/// the [`Forgets`] generation noted before it began.
+type Flight = Arc<tokio::sync::OnceCell<(Result<Option<Liveness>, Reject>, u64)>>;
 
 struct Retire<'a> {
     flights: &'a Mutex<HashMap<String, Flight>>,
@@ -302,13 +451,23 @@ impl Drop for Retire<'_> {
 }
 
 /// Everything the proxy, the session API and the admin listener share.
+///
+/// The store is private: every change of a session's status goes through
+/// [`Gate::set_status`], [`Gate::revoke_user`] or [`Gate::create_session`],
+/// which write it (the store publishes it to every node in the same atomic
+/// step) and invalidate this node's view at once — the one place where
+/// revocation happens. Reads go through thin methods of their own.
 pub struct Gate {
     settings: ArcSwap<Settings>,
-    pub store: Arc<dyn SessionStore>,
-    pub cache: LivenessCache,
+    store: Arc<dyn SessionStore>,
+    cache: LivenessCache,
     /// Store checks in flight, by session id (see [`Gate::check`]).
     flights: Mutex<HashMap<String, Flight>>,
     pub tunnels: Tunnels,
+    /// Set when events may have been lost: the tunnel sweeper then re-checks
+    /// every open tunnel's session on its next pass, woken at once.
+    resync: AtomicBool,
+    resync_wake: tokio::sync::Notify,
     pub metrics: Metrics,
     /// Where login password checks run, bounded (sized at start).
     pub hashing: HashPool,
@@ -346,13 +505,17 @@ impl Gate {
             .as_ref()
             .map(|l| l.hashing)
             .unwrap_or_default();
+        let store_cfg = &settings.config.store;
+        let cache = LivenessCache::new(store_cfg.cache_max_bytes, store_cfg.grace);
         Arc::new(Gate {
             hashing: HashPool::new(hashing.workers, hashing.queue),
             settings: ArcSwap::from_pointee(settings),
             store,
-            cache: LivenessCache::default(),
+            cache,
             flights: Mutex::default(),
             tunnels: Tunnels::default(),
+            resync: AtomicBool::new(false),
+            resync_wake: tokio::sync::Notify::new(),
             metrics: Metrics::new(),
             config_path,
             in_flight: Arc::default(),
@@ -370,6 +533,17 @@ impl Gate {
 
     pub fn swap_settings(&self, s: Settings) {
         self.settings.store(Arc::new(s));
+    }
+
+    /// The liveness cache's entries and estimated bytes.
+    pub fn liveness_cache_usage(&self) -> (u64, u64) {
+        self.cache.usage()
+    }
+
+    /// The generation to note before admitting a request whose outcome
+    /// outlives the admission (a WebSocket): see [`Gate::recheck`].
+    pub fn generation(&self) -> u64 {
+        self.cache.forgets.now()
     }
 
     /// Verifies a ticket and its session's liveness: at most one store round
@@ -390,19 +564,26 @@ impl Gate {
                     Reject::InvalidTicket
                 })?;
                 let headers = s.identity.for_claims(&claims);
-                let a = Arc::new(Admitted { claims, headers });
+                let a = Arc::new(Admitted::new(claims, headers, ticket));
                 s.tickets.put(ticket, Arc::clone(&a));
                 a
             }
         };
-        let sid = admitted.claims.sid.as_str();
+        self.liveness(s, &admitted.claims.sid, now).await?;
+        Ok(admitted)
+    }
+
+    /// Whether a session is live: from the cache when it vouches, else from
+    /// the store (under `on_unavailable: grace`, from what this node saw).
+    async fn liveness(&self, s: &Settings, sid: &str, now: u64) -> Result<(), Reject> {
         if self
             .cache
             .fresh(sid, now, s.rules, ms(s.config.store.cache))
         {
-            return Ok(admitted);
+            return Ok(());
         }
-        let live = match self.check(sid, now, s.rules).await {
+        let (live, since) = self.check(sid, now, s.rules).await;
+        let live = match live {
             Ok(live) => live,
             // `on_unavailable: grace`: a session this node saw active within
             // `grace` keeps working through a store outage.
@@ -413,14 +594,14 @@ impl Gate {
                         .seen_active_within(sid, now, ms(s.config.store.grace)) =>
             {
                 tracing::debug!(sid, "store unavailable; admitted under grace");
-                return Ok(admitted);
+                return Ok(());
             }
             Err(r) => return Err(r),
         };
         match live {
             Some(l) if l.status.is_active() => {
-                self.cache.put(sid, l, now);
-                Ok(admitted)
+                self.cache.put(sid, l, now, since);
+                Ok(())
             }
             Some(l) => {
                 self.cache.forget(sid);
@@ -430,19 +611,32 @@ impl Gate {
         }
     }
 
+    /// Re-checks a session admitted when the generation was `since`, once its
+    /// tunnel is registered: a status change that landed in between found no
+    /// tunnel to end, but it forgot the session, which this sees. With no
+    /// forget since, the admission stands without a round trip.
+    pub async fn recheck(&self, s: &Settings, sid: &str, since: u64) -> Result<(), Reject> {
+        if sid.is_empty() || self.cache.forgets.unchanged_since(sid, since) {
+            return Ok(());
+        }
+        self.liveness(s, sid, now_ms()).await
+    }
+
     /// `store.check` for one session, shared by every request that needs it
     /// at the same moment: when the cached answer lapses under a burst (a
     /// thousand WebSocket handshakes of one session, say), one round trip
     /// answers them all instead of a thousand queueing behind each other.
+    /// Returns the answer and the generation noted before the check began.
     pub async fn check(
         &self,
         sid: &str,
         now: u64,
         rules: Rules,
-    ) -> Result<Option<Liveness>, Reject> {
+    ) -> (Result<Option<Liveness>, Reject>, u64) {
         let cell = {
             let Ok(mut flights) = self.flights.lock() else {
-                return self.check_once(sid, now, rules).await;
+                let since = self.generation();
+                return (self.check_once(sid, now, rules).await, since);
             };
             // Look up before inserting: joining a flight must not allocate.
             match flights.get(sid) {
@@ -461,9 +655,12 @@ impl Gate {
             sid,
             cell: &cell,
         };
-        cell.get_or_init(|| self.check_once(sid, now, rules))
-            .await
-            .clone()
+        cell.get_or_init(|| async {
+            let since = self.generation();
+            (self.check_once(sid, now, rules).await, since)
+        })
+        .await
+        .clone()
     }
 
     /// One timed `store.check`.
@@ -482,25 +679,222 @@ impl Gate {
         out.map_err(store_reject)
     }
 
+    /// The tunnel sweeper's batch check ([`SessionStore::check_many`]).
+    pub async fn check_tunnels(
+        &self,
+        batch: &[(String, u64)],
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Option<Liveness>>, StoreError> {
+        let started = std::time::Instant::now();
+        let out = self.store.check_many(batch, now, rules).await;
+        self.metrics
+            .store_latency
+            .with_label_values(&["check_many"])
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Drops this node's view of a session that changed: its cached
+    /// liveness, any check in flight for it (later requests ask anew), and,
+    /// when it left `active`, its tunnels.
+    fn invalidate(&self, sid: &str, status: Option<Status>) {
+        self.cache.forget(sid);
+        if let Ok(mut flights) = self.flights.lock() {
+            flights.remove(sid);
+        }
+        if let Some(st) = status.filter(|s| !s.is_active()) {
+            self.tunnels.end_session(sid, st);
+        }
+    }
+
+    /// A session found no longer active outside a status change of this
+    /// node (the tunnel sweeper's check): dropped like one.
+    pub fn ended(&self, sid: &str, status: Status) {
+        self.invalidate(sid, Some(status));
+    }
+
+    /// Moves a session to `status` ([`SessionStore::set_status`]): written
+    /// and published to every node by the store in one step, and this node's
+    /// view dropped before it returns.
+    pub async fn set_status(
+        &self,
+        sid: &str,
+        status: Status,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let out = self.store.set_status(sid, status, now, rules).await;
+        // Even a failed call may have been applied (a timeout after the
+        // write): forgetting costs one round trip at most.
+        let seen = out.as_ref().ok().and_then(|s| s.as_ref().map(|s| s.status));
+        self.invalidate(sid, seen.or(Some(status)));
+        out
+    }
+
+    /// Revokes every active session of a user; returns their ids.
+    pub async fn revoke_user(
+        &self,
+        user_id: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<String>, StoreError> {
+        let revoked = self.store.revoke_user(user_id, now, rules).await?;
+        for sid in &revoked {
+            self.invalidate(sid, Some(Status::Revoked));
+        }
+        Ok(revoked)
+    }
+
+    /// Inserts a new session; the ones it pushed past `max_per_user` are
+    /// `replaced`, and dropped here like any other status change.
+    pub async fn create_session(
+        &self,
+        session: &Session,
+        max_per_user: u32,
+        rules: Rules,
+    ) -> Result<Created, StoreError> {
+        let created = self.store.create(session, max_per_user, rules).await?;
+        for sid in &created.replaced {
+            self.invalidate(sid, Some(Status::Replaced));
+        }
+        Ok(created)
+    }
+
+    /// The whole record, after applying the clock rules.
+    pub async fn session(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        self.store.get(sid, now, rules).await
+    }
+
+    /// Forces `lastActiveAt = now` on an active session.
+    pub async fn touch(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let out = self.store.touch(sid, now, rules).await;
+        self.invalidate(sid, None);
+        out
+    }
+
+    /// Pushes an active session's `expireAt` (already capped by the caller).
+    pub async fn refresh(
+        &self,
+        sid: &str,
+        expire_at: u64,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Option<Session>, StoreError> {
+        let out = self.store.refresh(sid, expire_at, now, rules).await;
+        self.invalidate(sid, None);
+        out
+    }
+
+    /// A user's sessions, newest first, `removed` left out.
+    pub async fn sessions_of(
+        &self,
+        user_id: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Session>, StoreError> {
+        self.store.list(user_id, now, rules).await
+    }
+
+    /// One hit against a rate limit shared by every node.
+    pub async fn hit_rate(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<RateDecision, StoreError> {
+        self.store.hit_rate(key, limit, window_ms, now).await
+    }
+
+    /// Round trip to the store (readiness).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// The store's periodic cleanup ([`SessionStore::sweep`]).
+    pub async fn sweep_store(&self, now: u64) -> Result<(), StoreError> {
+        let rules = self.settings().rules;
+        self.store.sweep(now, rules).await
+    }
+
+    /// Status changes from every node sharing the store.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.store.events()
+    }
+
+    /// Takes the request to re-check every open tunnel's session, if one
+    /// was made since the last call.
+    pub fn take_resync(&self) -> bool {
+        self.resync.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a resync is requested ([`Gate::take_resync`]).
+    pub async fn resync_requested(&self) {
+        self.resync_wake.notified().await;
+    }
+
+    /// Some status events may never arrive: nothing cached can be trusted,
+    /// and every open tunnel's session must be asked again.
+    pub fn events_lost(&self, why: &str) {
+        tracing::warn!(
+            why,
+            "session events may be lost: clearing the liveness cache, re-checking every tunnel"
+        );
+        self.forget_everything();
+    }
+
+    fn forget_everything(&self) {
+        self.cache.forget_everything();
+        self.resync.store(true, Ordering::Release);
+        self.resync_wake.notify_one();
+    }
+
     /// Acts on status events from every node: drop cached liveness and end
     /// the session's WebSocket tunnels. Runs for the life of the gate.
     pub async fn follow_events(self: Arc<Self>) {
-        let mut rx = self.store.events();
+        let rx = self.store.events();
+        let gaps = self.store.gaps();
+        self.follow(rx, gaps).await;
+    }
+
+    /// [`Gate::follow_events`] on given channels.
+    async fn follow(
+        &self,
+        mut rx: broadcast::Receiver<Event>,
+        mut gaps: tokio::sync::watch::Receiver<u64>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut gaps_open = true;
         loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    self.cache.forget(&ev.sid);
-                    if let Some(st) = Status::parse(&ev.status).filter(|s| !s.is_active()) {
-                        self.tunnels.end_session(&ev.sid, st);
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(ev) => self.invalidate(&ev.sid, Status::parse(&ev.status)),
+                    Err(RecvError::Lagged(n)) => {
+                        self.events_lost(&format!("the event follower lagged by {n}"));
                     }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "session events lagged; clearing liveness cache");
-                    if let Ok(mut m) = self.cache.map.lock() {
-                        m.clear();
+                    Err(RecvError::Closed) => return,
+                },
+                changed = gaps.changed(), if gaps_open => match changed {
+                    // The first subscription, at start: whatever was learnt
+                    // before it is redone without a warning.
+                    Ok(()) if *gaps.borrow_and_update() <= 1 => {
+                        tracing::debug!("subscribed to session events");
+                        self.forget_everything();
                     }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Ok(()) => self.events_lost("the event subscription was lost and made anew"),
+                    Err(_) => gaps_open = false,
+                },
             }
         }
     }
@@ -517,16 +911,46 @@ pub(crate) mod tests {
     use super::*;
     use crate::session::{Event, Session};
     use crate::store::{Created, RateDecision, SessionStore, memory::MemoryStore};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::sync::Notify;
 
-    /// A store whose `check` is slow and counted.
-    struct Counting {
-        inner: MemoryStore,
+    /// The real memory store behind a wrapper that counts checks, can slow
+    /// them, and can hold one open: with `hold` set, the next check reads the
+    /// store, says so on `entered`, and returns what it read only once
+    /// `release` is notified — an answer from before whatever happens
+    /// meanwhile.
+    pub(crate) struct Wrapped {
+        pub(crate) inner: MemoryStore,
         checks: AtomicUsize,
+        delay: Duration,
+        hold: AtomicBool,
+        entered: Notify,
+        release: Notify,
+        events: Mutex<Option<broadcast::Receiver<Event>>>,
+        /// While set, `check_many` answers as an unreachable store does:
+        /// after a timeout, an error.
+        unreachable: AtomicBool,
+        many_calls: AtomicUsize,
+    }
+
+    impl Wrapped {
+        pub(crate) fn new(delay: Duration) -> Wrapped {
+            Wrapped {
+                inner: MemoryStore::new(),
+                checks: AtomicUsize::new(0),
+                delay,
+                hold: AtomicBool::new(false),
+                entered: Notify::new(),
+                release: Notify::new(),
+                events: Mutex::new(None),
+                unreachable: AtomicBool::new(false),
+                many_calls: AtomicUsize::new(0),
+            }
+        }
     }
 
     #[async_trait::async_trait]
-    impl SessionStore for Counting {
+    impl SessionStore for Wrapped {
         async fn create(&self, s: &Session, m: u32, r: Rules) -> Result<Created, StoreError> {
             self.inner.create(s, m, r).await
         }
@@ -537,8 +961,29 @@ pub(crate) mod tests {
             r: Rules,
         ) -> Result<Option<Liveness>, StoreError> {
             self.checks.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.inner.check(sid, now, r).await
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let read = self.inner.check(sid, now, r).await;
+            if self.hold.swap(false, Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            read
+        }
+        async fn check_many(
+            &self,
+            b: &[(String, u64)],
+            now: u64,
+            r: Rules,
+        ) -> Result<Vec<Option<Liveness>>, StoreError> {
+            self.many_calls.fetch_add(1, Ordering::SeqCst);
+            if self.unreachable.load(Ordering::SeqCst) {
+                let timeout = Duration::from_millis(50);
+                tokio::time::sleep(timeout).await;
+                return Err(StoreError::Timeout(timeout));
+            }
+            self.inner.check_many(b, now, r).await
         }
         async fn get(&self, sid: &str, now: u64, r: Rules) -> Result<Option<Session>, StoreError> {
             self.inner.get(sid, now, r).await
@@ -572,7 +1017,12 @@ pub(crate) mod tests {
         async fn list(&self, u: &str, now: u64, r: Rules) -> Result<Vec<Session>, StoreError> {
             self.inner.list(u, now, r).await
         }
-        async fn revoke_user(&self, u: &str, now: u64, r: Rules) -> Result<u64, StoreError> {
+        async fn revoke_user(
+            &self,
+            u: &str,
+            now: u64,
+            r: Rules,
+        ) -> Result<Vec<String>, StoreError> {
             self.inner.revoke_user(u, now, r).await
         }
         async fn hit_rate(
@@ -587,8 +1037,11 @@ pub(crate) mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
-        fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
-            self.inner.events()
+        fn events(&self) -> broadcast::Receiver<Event> {
+            match self.events.lock().ok().and_then(|mut e| e.take()) {
+                Some(rx) => rx,
+                None => self.inner.events(),
+            }
         }
     }
 
@@ -633,18 +1086,48 @@ pub(crate) mod tests {
         }
     }
 
+    /// A gate over `store`, with an active session `sid` of user `u1` created
+    /// at `now`, and a ticket for it.
+    async fn gate_with_session(store: Arc<Wrapped>, sid: &str, now: u64) -> (Arc<Gate>, String) {
+        let gate = Gate::new(settings(), store, "t.yaml".into());
+        let s = gate.settings();
+        let session = Session {
+            id: sid.to_owned(),
+            user_id: "u1".into(),
+            name: "U".into(),
+            roles: vec![],
+            vars: Default::default(),
+            status: Status::Active,
+            created_at: now,
+            last_active_at: now,
+            expire_at: now + 3_600_000,
+            max_expire_at: now + 3_600_000,
+            updated_at: now,
+        };
+        gate.create_session(&session, 5, s.rules).await.unwrap();
+        let claims = Claims {
+            iss: s.config.tickets.issuer.clone(),
+            sid: sid.to_owned(),
+            sub: "u1".into(),
+            name: "U".into(),
+            roles: vec![],
+            vars: Default::default(),
+            iat: now / 1000,
+            exp: now / 1000 + 3600,
+        };
+        let ticket = s.keys.sign(&claims).unwrap();
+        (gate, ticket)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_checks_of_one_session_share_one_round_trip() {
-        let store = Arc::new(Counting {
-            inner: MemoryStore::new(),
-            checks: AtomicUsize::new(0),
-        });
+        let store = Arc::new(Wrapped::new(Duration::from_millis(50)));
         let gate = Gate::new(settings(), store.clone(), "t.yaml".into());
         let rules = gate.settings().rules;
         let waiters: Vec<_> = (0..100)
             .map(|_| {
                 let gate = Arc::clone(&gate);
-                tokio::spawn(async move { gate.check("s1", 1_000, rules).await })
+                tokio::spawn(async move { gate.check("s1", 1_000, rules).await.0 })
             })
             .collect();
         for w in waiters {
@@ -652,7 +1135,304 @@ pub(crate) mod tests {
         }
         assert_eq!(store.checks.load(Ordering::SeqCst), 1);
         // The flight is retired: the next check asks the store again.
-        assert_eq!(gate.check("s1", 2_000, rules).await, Ok(None));
+        assert_eq!(gate.check("s1", 2_000, rules).await.0, Ok(None));
         assert_eq!(store.checks.load(Ordering::SeqCst), 2);
+    }
+
+    /// Item 1 of the revocation issue: a check in flight across a revoke
+    /// answers "active" late; that answer must not re-admit the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_in_flight_across_a_revoke_cannot_readmit_the_session() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-held", now).await;
+        let s = gate.settings();
+
+        // A request whose check has read "active" and is held there.
+        store.hold.store(true, Ordering::SeqCst);
+        let held = {
+            let (gate, s, ticket) = (Arc::clone(&gate), Arc::clone(&s), ticket.clone());
+            tokio::spawn(async move { gate.admit(&s, Some(&ticket), now).await.map(|_| ()) })
+        };
+        store.entered.notified().await;
+
+        // Another node revokes: the store changes, the event forgets here.
+        let revoked = store
+            .inner
+            .set_status("sid-held", Status::Revoked, now + 1, s.rules);
+        assert!(revoked.await.unwrap().is_some());
+        gate.invalidate("sid-held", Some(Status::Revoked));
+
+        // The held check comes back with what it read before the revoke. It
+        // was in flight when the revoke landed, so its own request may pass…
+        store.release.notify_one();
+        assert_eq!(held.await.unwrap(), Ok(()));
+        // …but no request after the revoke may be admitted on its word.
+        let checks = store.checks.load(Ordering::SeqCst);
+        let after = gate.admit(&s, Some(&ticket), now + 2).await.map(|_| ());
+        assert_eq!(after, Err(Reject::Session(Status::Revoked)));
+        assert_eq!(
+            store.checks.load(Ordering::SeqCst),
+            checks + 1,
+            "asked the store"
+        );
+    }
+
+    /// Requests that arrive after a forget never join a check that began before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forget_detaches_the_check_in_flight_from_later_requests() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-flight", now).await;
+        let s = gate.settings();
+        store.hold.store(true, Ordering::SeqCst);
+        let held = {
+            let (gate, s, ticket) = (Arc::clone(&gate), Arc::clone(&s), ticket.clone());
+            tokio::spawn(async move { gate.admit(&s, Some(&ticket), now).await.map(|_| ()) })
+        };
+        store.entered.notified().await;
+        let (gate2, s2) = (Arc::clone(&gate), Arc::clone(&s));
+        gate2
+            .set_status("sid-flight", Status::Ended, now + 1, s2.rules)
+            .await
+            .unwrap();
+        // The held flight is still open; this request must start its own.
+        let after = gate.admit(&s, Some(&ticket), now + 2).await.map(|_| ());
+        assert_eq!(after, Err(Reject::Session(Status::Ended)));
+        store.release.notify_one();
+        held.await.unwrap().unwrap();
+    }
+
+    /// Item 2: a WebSocket admitted, then revoked before its tunnel was
+    /// registered, is refused by the re-check after registration.
+    #[tokio::test]
+    async fn a_revoke_between_admission_and_registration_is_caught_by_the_recheck() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-ws", now).await;
+        let s = gate.settings();
+
+        let since = gate.generation();
+        gate.admit(&s, Some(&ticket), now).await.unwrap();
+        // The revoke lands here: no tunnel is registered yet to end.
+        gate.set_status("sid-ws", Status::Revoked, now + 1, s.rules)
+            .await
+            .unwrap();
+        let reg = gate.tunnels.register("sid-ws", "chat");
+        assert!(!reg.ctl().is_ending(), "nothing ended the late tunnel");
+        assert_eq!(
+            gate.recheck(&s, "sid-ws", since).await,
+            Err(Reject::Session(Status::Revoked))
+        );
+
+        // Without a forget since the admission, the re-check costs no round trip.
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-ws2", now).await;
+        let since = gate.generation();
+        gate.admit(&s, Some(&ticket), now).await.unwrap();
+        let checks = store.checks.load(Ordering::SeqCst);
+        assert_eq!(gate.recheck(&s, "sid-ws2", since).await, Ok(()));
+        assert_eq!(store.checks.load(Ordering::SeqCst), checks);
+    }
+
+    /// Item 5: one method writes, publishes and invalidates.
+    #[tokio::test]
+    async fn set_status_writes_publishes_and_ends_this_nodes_tunnels_at_once() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-one", now).await;
+        let s = gate.settings();
+        let mut events = gate.subscribe_events();
+        gate.admit(&s, Some(&ticket), now).await.unwrap();
+        let reg = gate.tunnels.register("sid-one", "chat");
+        let out = gate
+            .set_status("sid-one", Status::Revoked, now + 1, s.rules)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.status, Status::Revoked);
+        assert!(reg.ctl().is_ending());
+        let ev = events.try_recv().unwrap();
+        assert_eq!(
+            (ev.sid.as_str(), ev.status.as_str()),
+            ("sid-one", "revoked")
+        );
+        assert_eq!(
+            gate.admit(&s, Some(&ticket), now + 2).await.map(|_| ()),
+            Err(Reject::Session(Status::Revoked))
+        );
+        // A user's revoke ends each of the user's tunnels the same way.
+        let (gate, _) = gate_with_session(store.clone(), "sid-two", now).await;
+        let reg = gate.tunnels.register("sid-two", "chat");
+        assert_eq!(
+            gate.revoke_user("u1", now + 3, s.rules).await.unwrap(),
+            vec!["sid-two".to_owned()]
+        );
+        assert!(reg.ctl().is_ending());
+    }
+
+    /// Item 4: a lagging follower forgets everything and has every tunnel re-checked.
+    #[tokio::test]
+    async fn lost_events_clear_the_cache_and_recheck_every_tunnel() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-lag", now).await;
+        let s = gate.settings();
+        gate.admit(&s, Some(&ticket), now).await.unwrap();
+        let reg = gate.tunnels.register("sid-lag", "chat");
+        let mut known = crate::sweeper::Known::default();
+        let first = crate::sweeper::pass(&gate, &mut known, now, false).await;
+        assert_eq!(first.checked, 1);
+        // Nothing is due now: the next pass asks nothing.
+        assert_eq!(
+            crate::sweeper::pass(&gate, &mut known, now + 10, false)
+                .await
+                .checked,
+            0
+        );
+
+        // The revoke's event is among those lost: a channel of one, overrun.
+        let (tx, rx) = broadcast::channel(1);
+        for _ in 0..3 {
+            tx.send(Event::new("other", "u2", Status::Ended, now))
+                .unwrap();
+        }
+        store
+            .inner
+            .set_status("sid-lag", Status::Revoked, now + 20, s.rules)
+            .await
+            .unwrap();
+        let (_gaps_tx, gaps) = tokio::sync::watch::channel(0);
+        let follower = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.follow(rx, gaps).await })
+        };
+        gate.resync_requested().await;
+        assert!(gate.take_resync());
+        assert!(!reg.ctl().is_ending());
+        assert_eq!(
+            gate.admit(&s, Some(&ticket), now + 30).await.map(|_| ()),
+            Err(Reject::Session(Status::Revoked)),
+            "the cache was cleared"
+        );
+        let pass = crate::sweeper::pass(&gate, &mut known, now + 30, true).await;
+        assert_eq!((pass.checked, pass.ended), (1, 1));
+        assert!(reg.ctl().is_ending());
+        drop(tx);
+        follower.await.unwrap();
+    }
+
+    /// Item 3 seen from the sweeper: a tunnel whose client never sends is
+    /// abandoned at its deadline, not a touch interval later; one whose
+    /// client talks is kept alive from its frames' times.
+    #[tokio::test]
+    async fn silent_tunnels_age_from_login_and_frames_count_when_they_arrived() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, _) = gate_with_session(store.clone(), "sid-quiet", now).await;
+        let s = gate.settings();
+        let idle = s.rules.idle_ms;
+        let quiet = gate.tunnels.register("sid-quiet", "chat");
+        let mut known = crate::sweeper::Known::default();
+        // Opened long after login; registration is no activity.
+        crate::sweeper::pass(&gate, &mut known, now + idle - 1_000, false).await;
+        assert!(!quiet.ctl().is_ending());
+        let at_deadline = crate::sweeper::pass(&gate, &mut known, now + idle, false).await;
+        assert_eq!(at_deadline.ended, 1);
+        assert!(quiet.ctl().is_ending());
+        let session = gate
+            .session("sid-quiet", now + idle, s.rules)
+            .await
+            .unwrap();
+        assert_eq!(session.map(|x| x.status), Some(Status::Abandoned));
+    }
+
+    /// Item 6: 10,000 tunnels over 10,000 sessions are checked in batches,
+    /// one store call per batch; with the store unreachable a pass gives up
+    /// after the first failed round of batches instead of waiting out a
+    /// timeout per session.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_checks_in_batches_and_never_stalls_on_a_dead_store() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let gate = Gate::new(settings(), store.clone(), "t.yaml".into());
+        let regs: Vec<_> = (0..10_000)
+            .map(|i| gate.tunnels.register(&format!("sid-{i}"), "chat"))
+            .collect();
+        let mut known = crate::sweeper::Known::default();
+        let pass = crate::sweeper::pass(&gate, &mut known, now, false).await;
+        // Unknown sessions: each tunnel ends (no such session), in 40 calls.
+        assert_eq!((pass.checked, pass.ended), (10_000, 10_000));
+        assert_eq!(
+            store.many_calls.load(Ordering::SeqCst),
+            10_000usize.div_ceil(crate::sweeper::BATCH)
+        );
+
+        store.unreachable.store(true, Ordering::SeqCst);
+        store.many_calls.store(0, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let pass = crate::sweeper::pass(&gate, &mut known, now, true).await;
+        assert!(pass.store_failed);
+        assert_eq!(pass.checked, 0);
+        assert!(store.many_calls.load(Ordering::SeqCst) <= crate::sweeper::CONCURRENCY);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(regs);
+    }
+
+    /// Item 7: both caches stay within their byte budgets however many
+    /// distinct entries arrive, evicting entry by entry.
+    #[test]
+    fn caches_are_bounded_by_their_byte_budgets() {
+        let s = settings();
+        let budget = 1u64 << 20;
+        let tickets = TicketCache::new(budget);
+        let claims = |i: usize| Claims {
+            iss: "sessiongate".into(),
+            sid: format!("sid-{i:026}"),
+            sub: format!("user-{i}"),
+            name: "A name".into(),
+            roles: vec!["player".into()],
+            vars: (0..8).map(|k| (format!("k{k}"), "v".repeat(100))).collect(),
+            iat: 0,
+            exp: u64::MAX / 2,
+        };
+        let mut weight = 0;
+        for i in 0..20_000 {
+            let c = claims(i);
+            let headers = s.identity.for_claims(&c);
+            let ticket = format!("h.p{i}.sig{i}");
+            let a = Arc::new(Admitted::new(c, headers, &ticket));
+            weight = a.weight();
+            tickets.put(&ticket, a);
+        }
+        let (n, bytes) = tickets.usage();
+        assert!(bytes <= budget, "{bytes} > {budget}");
+        assert!(n > 0 && n < 20_000, "{n} entries of {weight} bytes");
+        assert!(
+            u64::from(weight) > 2_000,
+            "the vars and headers are weighed: {weight}"
+        );
+        // Only the same text hits (a key collision would still need the signature).
+        let roomy = TicketCache::new(budget);
+        let c = claims(1);
+        let headers = s.identity.for_claims(&c);
+        roomy.put("h.p.sig", Arc::new(Admitted::new(c, headers, "h.p.sig")));
+        assert!(roomy.get("h.p.sig", 0, 0).is_some());
+        assert!(roomy.get("h.p.forged", 0, 0).is_none());
+
+        let live = LivenessCache::new(budget, Duration::from_secs(60));
+        let l = Liveness {
+            status: Status::Active,
+            expire_at: u64::MAX,
+            last_active_at: 0,
+        };
+        for i in 0..100_000 {
+            live.put(&format!("sid-{i:026}"), l, 0, live.forgets.now());
+        }
+        let (n, bytes) = live.usage();
+        assert!(bytes <= budget && n < 100_000, "{n} entries, {bytes} bytes");
     }
 }

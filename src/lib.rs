@@ -28,8 +28,10 @@
 //!            upstream ──► response ──► client
 //! ```
 //!
-//! Status changes from any node arrive on the store's event channel and end
-//! that session's tunnels with Close 4401 (`tunnel`).
+//! Status changes go through `gate::Gate` (the store is private to it);
+//! from any node they arrive on the store's event channel and end that
+//! session's tunnels with Close 4401 (`tunnel`). Between events, `sweeper`
+//! re-checks open tunnels' sessions in batches.
 
 pub mod admin;
 pub mod api;
@@ -50,5 +52,6 @@ pub mod segment;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod sweeper;
 pub mod ticket;
 pub mod tunnel;

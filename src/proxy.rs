@@ -229,6 +229,7 @@ impl Proxy {
         ctx: &mut Ctx,
         s: &Settings,
         route: &Route,
+        since: u64,
     ) -> pingora::Result<bool> {
         if session.downstream_session.as_http1().is_none() {
             // The tunnel needs the connection to itself; an HTTP/2 stream is not one.
@@ -256,8 +257,14 @@ impl Proxy {
         let request = handshake::request_head(&up.method, target, &up.headers);
         let sid = ctx.claims.as_ref().map_or("", |a| a.claims.sid.as_str());
         // Registered before the upstream is asked, so a status change landing
-        // during the handshake still ends the tunnel the moment it opens.
-        let mut registration = self.gate.tunnels.register(sid, route.name(), now_ms());
+        // during the handshake still ends the tunnel the moment it opens; and
+        // re-checked once registered, for one that landed after the admission.
+        let mut registration = self.gate.tunnels.register(sid, route.name());
+        if let Err(r) = self.gate.recheck(s, sid, since).await {
+            drop(registration);
+            self.gate.metrics.auth.with_label_values(&[r.code()]).inc();
+            return self.refuse(session, ctx, r).await;
+        }
         let cfg = &route.config;
         // Looked up first, so the route's gauge reads 0 rather than missing
         // after a refused handshake.
@@ -726,9 +733,12 @@ impl ProxyHttp for Proxy {
             ctx.authority = Some(a);
         }
 
+        // Noted before the admission: a tunnel re-checks its session against it.
+        let mut since = 0;
         if route.config.auth != AuthPolicy::Public {
             let found = find_ticket(&s, &req.headers, req.uri.query(), websocket);
             ctx.ticket_from = found.map(|(_, from)| from);
+            since = self.gate.generation();
             let verdict = self.gate.admit(&s, found.map(|(t, _)| t), now_ms()).await;
             match (verdict, route.config.auth) {
                 (Ok(admitted), _) => {
@@ -756,7 +766,7 @@ impl ProxyHttp for Proxy {
             }
         }
         if ctx.websocket {
-            return self.open_tunnel(session, ctx, &s, route).await;
+            return self.open_tunnel(session, ctx, &s, route, since).await;
         }
         Ok(false)
     }

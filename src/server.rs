@@ -2,7 +2,6 @@
 //! the admin listener and one background service for the lifecycle tasks
 //! (session events, tunnel sweeping, health probes, config reload).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,10 +22,9 @@ use crate::downstream::Downstream;
 use crate::gate::{Gate, Settings, now_ms};
 use crate::health::Health;
 use crate::proxy::Proxy;
-use crate::session::{Liveness, Status};
+use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Rules, SessionStore};
 use crate::tunnel::CLOSE_GOING_AWAY;
 
 #[derive(Debug, thiserror::Error)]
@@ -180,11 +178,6 @@ impl ServeHttp for AdminApp {
     }
 }
 
-/// How often open tunnels' sessions are swept for expiry, idleness and activity.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// A tunnel's session is re-read at least this often even with no deadline due,
-/// in case a status event was lost.
-const RESYNC_MS: u64 = 5_000;
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 struct Lifecycle {
@@ -203,7 +196,7 @@ impl BackgroundService for Lifecycle {
         let tasks = [
             tokio::spawn(Arc::clone(&self.gate).follow_events()),
             tokio::spawn(Arc::clone(&self.health).run(Arc::clone(&self.gate))),
-            tokio::spawn(sweep_tunnels(Arc::clone(&self.gate))),
+            tokio::spawn(crate::sweeper::run(Arc::clone(&self.gate))),
             tokio::spawn(watch_config(Arc::clone(&self.gate))),
             tokio::spawn(sweep_store(Arc::clone(&self.gate))),
         ];
@@ -231,63 +224,12 @@ impl BackgroundService for Lifecycle {
     }
 }
 
-/// Keeps tunnels' sessions honest: touches sessions whose clients are
-/// talking, and re-checks those whose expiry or idle deadline has come, so
-/// a tunnel ends within a second of its session leaving `active`.
-async fn sweep_tunnels(gate: Arc<Gate>) {
-    let mut known: HashMap<String, (Liveness, u64)> = HashMap::new();
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        let s = gate.settings();
-        let now = now_ms();
-        let open = gate.tunnels.sessions();
-        let open_sids: std::collections::HashSet<&str> =
-            open.iter().map(|(sid, _)| sid.as_str()).collect();
-        known.retain(|sid, _| open_sids.contains(sid.as_str()));
-        drop(open_sids);
-        for (sid, activity) in open {
-            if sid.is_empty() {
-                continue;
-            }
-            let due = match known.get(&sid) {
-                None => true,
-                Some((l, checked)) => {
-                    now.saturating_sub(*checked) >= RESYNC_MS
-                        || now >= l.expire_at
-                        || now >= l.last_active_at.saturating_add(s.rules.idle_ms)
-                        || (activity > l.last_active_at && l.touch_due(now, s.rules.touch_ms))
-                }
-            };
-            if !due {
-                continue;
-            }
-            // Only client activity may push lastActiveAt; a silent tunnel must age.
-            let talked = known
-                .get(&sid)
-                .is_none_or(|(l, _)| activity > l.last_active_at);
-            let rules = Rules {
-                touch_ms: if talked { s.rules.touch_ms } else { u64::MAX },
-                ..s.rules
-            };
-            match gate.store.check(&sid, now, rules).await {
-                Ok(Some(l)) if l.status.is_active() => {
-                    known.insert(sid, (l, now));
-                }
-                Ok(Some(l)) => gate.tunnels.end_session(&sid, l.status),
-                Ok(None) => gate.tunnels.end_session(&sid, Status::Ended),
-                Err(e) => tracing::debug!(error = %e, "tunnel sweep: store unavailable"),
-            }
-        }
-    }
-}
-
 const STORE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 async fn sweep_store(gate: Arc<Gate>) {
     loop {
         tokio::time::sleep(STORE_SWEEP_EVERY).await;
-        let rules = gate.settings().rules;
-        if let Err(e) = gate.store.sweep(now_ms(), rules).await {
+        if let Err(e) = gate.sweep_store(now_ms()).await {
             tracing::warn!(error = %e, "store sweep failed");
         }
     }

@@ -127,6 +127,26 @@ impl Liveness {
     pub fn touch_due(&self, now: u64, touch_ms: u64) -> bool {
         now.saturating_sub(self.last_active_at) >= touch_ms
     }
+
+    /// Applies client activity seen at `at` (a tunnel's last client frame),
+    /// looked at by a check at `now`: `lastActiveAt` moves to `at`, the time
+    /// the frame arrived rather than the time of the check, so a silent
+    /// tunnel ages from its last frame. Activity that came after the session
+    /// had already expired or gone idle revives nothing. Writes are throttled
+    /// to once per `touch_ms`, except when the idle deadline has come, where
+    /// the frame is what keeps the session alive. Returns whether it moved.
+    pub fn record_activity(&mut self, at: u64, now: u64, idle_ms: u64, touch_ms: u64) -> bool {
+        let deadline = self.last_active_at.saturating_add(idle_ms);
+        let counts = self.status.is_active()
+            && at > self.last_active_at
+            && at < deadline
+            && at < self.expire_at
+            && (self.touch_due(now, touch_ms) || now >= deadline);
+        if counts {
+            self.last_active_at = at;
+        }
+        counts
+    }
 }
 
 /// A whole session record as stored.
@@ -301,6 +321,48 @@ mod tests {
             expire_at,
             last_active_at: last,
         }
+    }
+
+    #[test]
+    fn activity_moves_last_active_to_the_frame_not_the_check() {
+        let mut l = live(100_000, 1_000);
+        // Frame at 2_500, swept at 4_000, touch every 1_000, idle 3_000.
+        assert!(l.record_activity(2_500, 4_000, 3_000, 1_000));
+        assert_eq!(l.last_active_at, 2_500);
+        assert_eq!(l.apply_clock(5_499, 3_000), None);
+        assert_eq!(l.apply_clock(5_500, 3_000), Some(Status::Abandoned));
+    }
+
+    #[test]
+    fn activity_is_throttled_to_the_touch_interval() {
+        let mut l = live(100_000, 1_000);
+        assert!(!l.record_activity(1_200, 1_500, 30_000, 1_000));
+        assert_eq!(l.last_active_at, 1_000);
+        assert!(l.record_activity(1_900, 2_000, 30_000, 1_000));
+        assert_eq!(l.last_active_at, 1_900);
+    }
+
+    #[test]
+    fn activity_at_the_idle_deadline_is_written_whatever_the_throttle() {
+        let mut l = live(100_000, 1_000);
+        // touch_interval longer than idle_timeout: the frame must still count.
+        assert!(l.record_activity(3_500, 4_000, 3_000, 10_000));
+        assert_eq!(l.apply_clock(4_000, 3_000), None);
+    }
+
+    #[test]
+    fn activity_after_the_deadline_revives_nothing() {
+        let mut l = live(100_000, 1_000);
+        assert!(!l.record_activity(4_000, 4_100, 3_000, 1_000));
+        assert_eq!(l.apply_clock(4_100, 3_000), Some(Status::Abandoned));
+        let mut e = live(5_000, 4_000);
+        assert!(!e.record_activity(5_000, 6_000, 3_000, 1_000));
+        let mut r = live(100_000, 1_000);
+        r.status = Status::Revoked;
+        assert!(!r.record_activity(2_000, 3_000, 3_000, 0));
+        // Older than what the store already holds: nothing moves back.
+        let mut o = live(100_000, 2_000);
+        assert!(!o.record_activity(1_500, 4_000, 3_000, 0));
     }
 
     #[test]

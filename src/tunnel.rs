@@ -75,8 +75,14 @@ impl TunnelCtl {
         self.waker.wake();
     }
 
+    /// When the client last sent bytes (ms since epoch); 0: never.
     pub fn last_client_activity(&self) -> u64 {
         self.last_client_activity.load(Ordering::Relaxed)
+    }
+
+    /// Whether the gate has asked this tunnel to close.
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
     }
 
     fn close_reason(&self) -> (u16, String) {
@@ -106,15 +112,17 @@ pub struct Tunnels {
 
 impl Tunnels {
     /// Registers a tunnel about to open. Register before the session's last
-    /// check, so a status change landing in between still reaches it.
-    pub fn register(&self, sid: &str, route: &str, now: u64) -> Registration {
+    /// check ([`crate::gate::Gate::recheck`]), so a status change landing in
+    /// between still reaches it. Opening is not client activity: only the
+    /// client's frames are (SPEC 7), so a tunnel starts with none.
+    pub fn register(&self, sid: &str, route: &str) -> Registration {
         let ctl = Arc::new(TunnelCtl {
             sid: sid.to_owned(),
             route: route.to_owned(),
             ending: AtomicBool::new(false),
             close: Mutex::new(None),
             waker: AtomicWaker::new(),
-            last_client_activity: AtomicU64::new(now),
+            last_client_activity: AtomicU64::new(0),
         });
         if let Ok(mut m) = self.map.lock() {
             m.entry(sid.to_owned()).or_default().push(Arc::clone(&ctl));
@@ -151,7 +159,8 @@ impl Tunnels {
         }
     }
 
-    /// Open tunnels: (session id, latest client activity among its tunnels).
+    /// Open tunnels: (session id, latest client activity among its tunnels,
+    /// 0 when none of them heard from its client yet).
     pub fn sessions(&self) -> Vec<(String, u64)> {
         self.map
             .lock()
@@ -184,6 +193,11 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// The tunnel's control block.
+    pub fn ctl(&self) -> &Arc<TunnelCtl> {
+        &self.ctl
+    }
+
     /// Counts the tunnel as open (in `gauge` and as in flight) until it ends.
     pub fn opened(&mut self, gauge: prometheus::IntGauge, in_flight: InFlight) {
         gauge.inc();
@@ -676,7 +690,7 @@ mod tests {
     where
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let reg = tunnels.register("s1", "chat", 0);
+        let reg = tunnels.register("s1", "chat");
         tokio::spawn(Relay::new(client, upstream, early, reg))
     }
 

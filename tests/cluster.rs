@@ -214,3 +214,144 @@ async fn losing_the_cluster_is_a_503_and_its_return_recovers() {
     );
     assert_eq!(gate.admin_req("GET", "/readyz").await.status, 200);
 }
+
+/// The node (index in `cluster.nodes`) serving `slot` as master, with its id.
+async fn master_of(cluster: &RedisCluster, slot: i64) -> Option<(usize, String)> {
+    let mut con = cluster.nodes[0]
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .ok()?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    for line in nodes.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        let serves = f[8..].iter().any(|range| {
+            let mut ends = range.split('-').map(|n| n.parse::<i64>().unwrap_or(-1));
+            let lo = ends.next().unwrap_or(-1);
+            let hi = ends.next().unwrap_or(lo);
+            (lo..=hi).contains(&slot)
+        });
+        let port: u16 = f[1].split(['@', ':']).nth(1)?.parse().ok()?;
+        if serves {
+            let i = cluster.nodes.iter().position(|n| n.port == port)?;
+            return Some((i, f[0].to_owned()));
+        }
+    }
+    None
+}
+
+/// Three masters with a replica each; the master holding a session is
+/// killed. Its replica takes over: the session (replicated) still admits,
+/// new logins land, and a revoke on one gate still reaches the other gate's
+/// cache and its WebSocket — whichever node each gate's event subscription
+/// was on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_by_its_replica_and_revokes_reach_every_gate() {
+    let mut cluster = RedisCluster::spawn_shaped(3, 1).await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let setup = Setup::cluster(&cluster).routes(&routes(http.addr, ws.addr));
+    let gate = Gate::start(&setup).await;
+    let other = Gate::start(&setup).await;
+    let (alice, login) = gate.login("alice", "wonderland").await;
+    let id = sid(&login);
+    let key = format!("sg:s:{{{}}}:{id}", &id[24..]);
+
+    let mut con = cluster.nodes[0]
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let (victim, _) = master_of(&cluster, slot)
+        .await
+        .expect("a master for the slot");
+    // Replication is asynchronous: the session must be on the replica first.
+    let master = cluster.nodes[victim]
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let synced = eventually(Duration::from_secs(10), || {
+        let mut m = master.clone();
+        async move {
+            let n: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(500)
+                .query_async(&mut m)
+                .await
+                .ok()?;
+            (n >= 1).then_some(())
+        }
+    })
+    .await;
+    assert!(synced.is_some(), "the replica never caught up");
+    let mut chat = open_chat(&other, &alice).await;
+    assert_eq!(
+        other.get("/controller/shop/x", Some(&alice)).await.status,
+        200
+    );
+
+    cluster.nodes[victim].kill();
+    let promoted = eventually(Duration::from_secs(30), || async {
+        let (i, _) = master_of(&cluster, slot).await?;
+        (i != victim).then_some(())
+    })
+    .await;
+    assert!(promoted.is_some(), "no replica took the slot over");
+    // The session survived on the replica; both gates reach it.
+    for g in [&gate, &other] {
+        let r = eventually(Duration::from_secs(15), || async {
+            let r = g.post("/_session/touch", Some(&alice), "").await;
+            (r.status == 200).then_some(())
+        })
+        .await;
+        assert!(r.is_some(), "the session is not served after the failover");
+    }
+    let (bob, _) = eventually(Duration::from_secs(10), || async {
+        let r = other.try_login("bob", "builder").await;
+        (r.status == 201).then(|| (r.json()["ticket"].as_str().unwrap().to_owned(), ()))
+    })
+    .await
+    .expect("no login after the failover");
+    assert_eq!(gate.get("/controller/shop/x", Some(&bob)).await.status, 200);
+    // Every live node has both gates subscribed again (a gate whose node died
+    // moved to another one).
+    let live: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != victim).collect();
+    let subscribed = eventually(Duration::from_secs(10), || async {
+        let mut n = 0;
+        for i in &live {
+            n += subscribers(&cluster.nodes[*i].client(), "sg:events")
+                .await
+                .unwrap_or(0);
+        }
+        (n >= 2).then_some(())
+    })
+    .await;
+    assert!(subscribed.is_some(), "a gate lost its event subscription");
+
+    let revoked = std::time::Instant::now();
+    let r = gate.admin_req("POST", "/admin/users/u-alice/revoke").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["revoked"], 1);
+    let closed = close_of(&mut chat, Duration::from_secs(2)).await;
+    assert_eq!(closed, Some((4401, "session revoked".to_owned())));
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked.elapsed()
+    );
+    refused_with(&other, &alice, "session_revoked").await;
+}

@@ -544,6 +544,133 @@ async fn sentinel_failover_is_followed() {
     drop(replica);
 }
 
+/// A Sentinel master frozen with SIGSTOP (it keeps its connections open and
+/// answers nothing, unlike a killed one): the Sentinels fail over to the
+/// replica, both gates follow within seconds — commands and the event
+/// subscription alike — and a revoke on one gate still closes a WebSocket
+/// on the other within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
+    let master = Redis::spawn().await;
+    let replica_port = free_port();
+    let master_port = master.port.to_string();
+    let replica =
+        Redis::spawn_with(replica_port, &["--replicaof", "127.0.0.1", &master_port]).await;
+    let sentinel = sentinel(master.port).await;
+    let sentinel_con = sentinel
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let master_addr = || {
+        let mut con = sentinel_con.clone();
+        async move {
+            let addr: (String, String) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg("mymaster")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            Some(addr.1)
+        }
+    };
+    let known = eventually(Duration::from_secs(20), || {
+        let mut con = sentinel_con.clone();
+        async move {
+            let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg("mymaster")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (!replicas.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert!(known.is_some(), "sentinel never saw the replica");
+
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let mut setup = Setup::redis(&master).routes(&routes(http.addr, ws.addr));
+    setup.store = format!(
+        "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
+        sentinel.port
+    );
+    let gate = Gate::start(&setup).await;
+    let other = Gate::start(&setup).await;
+    let (alice, _) = gate.login("alice", "wonderland").await;
+    let mut chat = open_chat(&other, &alice).await;
+    // Replication is asynchronous: the login must be on the replica first.
+    let con = master
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let synced = eventually(Duration::from_secs(10), || {
+        let mut con = con.clone();
+        async move {
+            let n: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(200)
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (n >= 1).then_some(())
+        }
+    })
+    .await;
+    assert!(synced.is_some(), "the replica never caught up");
+
+    master.signal("STOP");
+    let promoted = eventually(Duration::from_secs(30), || async {
+        (master_addr().await? == replica_port.to_string()).then_some(())
+    })
+    .await;
+    assert!(promoted.is_some(), "the Sentinel never failed over");
+    let switched = std::time::Instant::now();
+    // Both gates write to the new master (a login each) and read what was
+    // replicated (alice's session).
+    for g in [&gate, &other] {
+        let r = eventually(Duration::from_secs(10), || async {
+            (g.try_login("bob", "builder").await.status == 201).then_some(())
+        })
+        .await;
+        assert!(r.is_some(), "no login within 10 s of the switch");
+    }
+    let served = switched.elapsed();
+    assert!(
+        served < Duration::from_secs(5),
+        "served {served:?} after the switch"
+    );
+    assert_eq!(
+        gate.get("/controller/shop/x", Some(&alice)).await.status,
+        200
+    );
+    // Both gates' event subscriptions left the frozen master for the new one.
+    let subscribed = eventually(Duration::from_secs(10), || async {
+        (subscribers(&replica.client(), "sg:events").await? >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        subscribed.is_some(),
+        "the gates did not resubscribe to the new master"
+    );
+
+    let revoked = std::time::Instant::now();
+    let r = gate.admin_req("POST", "/admin/users/u-alice/revoke").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let closed = close_of(&mut chat, Duration::from_secs(2)).await;
+    assert_eq!(closed, Some((4401, "session revoked".to_owned())));
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked.elapsed()
+    );
+    let r = other.get("/controller/shop/x", Some(&alice)).await;
+    assert_eq!((r.status, r.error()), (401, "session_revoked".to_owned()));
+    master.signal("CONT");
+}
+
 /// `rediss://` with the CA given in `store.tls.ca_file`: the gate works over
 /// TLS; without the CA (system roots only) the server is not trusted and
 /// session calls answer 503, not a crash.

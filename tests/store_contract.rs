@@ -244,8 +244,27 @@ impl SessionStore for Tagged {
         Ok(list.into_iter().map(|s| self.untag(s)).collect())
     }
 
-    async fn revoke_user(&self, user: &str, now: u64, rules: Rules) -> Result<u64, StoreError> {
-        self.inner.revoke_user(user, now, rules).await
+    async fn check_many(
+        &self,
+        batch: &[(String, u64)],
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Option<sessiongate::session::Liveness>>, StoreError> {
+        let tagged: Vec<(String, u64)> = batch
+            .iter()
+            .map(|(sid, at)| (self.tagged(sid), *at))
+            .collect();
+        self.inner.check_many(&tagged, now, rules).await
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids = self.inner.revoke_user(user, now, rules).await?;
+        Ok(ids.iter().map(|id| self.literal(id)).collect())
     }
 
     async fn hit_rate(
@@ -433,6 +452,94 @@ async fn check_throttles_last_active_at(f: Fixture) {
         .unwrap();
     assert_eq!(s.last_active_at, t + 2 * TOUCH_MS + 10);
     assert_eq!(s.status, Status::Active);
+}
+
+/// The tunnel sweeper's batch: answers in order, moves lastActiveAt to the
+/// time of the client's last frame (never to the check's time), ages a
+/// silent session to `abandoned` exactly at its deadline and publishes it.
+/// On Redis it is one pipeline, which must survive the script cache being
+/// flushed.
+async fn check_many_records_frames_at_their_time(mut f: Fixture) {
+    let t = f.t0;
+    create(&f, &session("cm-talk", "alice", t), 5).await;
+    create(&f, &session("cm-quiet", "alice", t + 1), 5).await;
+    let frame = t + TOUCH_MS + 5;
+    let batch = vec![
+        ("cm-talk".to_owned(), frame),
+        ("nope".to_owned(), 0),
+        ("cm-quiet".to_owned(), 0),
+    ];
+    let got = f
+        .store()
+        .check_many(&batch, frame + 300, RULES)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let talk = got[0].unwrap();
+    assert_eq!((talk.status, talk.last_active_at), (Status::Active, frame));
+    assert_eq!(got[1], None);
+    let quiet = got[2].unwrap();
+    assert_eq!(quiet.last_active_at, t + 1, "silence is no activity");
+    assert_eq!(
+        f.store()
+            .get("cm-talk", frame + 301, RULES)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_active_at,
+        frame,
+        "stored"
+    );
+    if let Some(redis) = &f.redis {
+        let mut con = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = ::redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let before = [("cm-quiet".to_owned(), 0)];
+    let l = f
+        .store()
+        .check_many(&before, t + IDLE_MS, RULES)
+        .await
+        .unwrap();
+    assert_eq!(
+        l[0].unwrap().status,
+        Status::Active,
+        "1 ms before the deadline"
+    );
+    let at = [("cm-quiet".to_owned(), 0), ("cm-talk".to_owned(), 0)];
+    let l = f
+        .store()
+        .check_many(&at, t + 1 + IDLE_MS, RULES)
+        .await
+        .unwrap();
+    assert_eq!(l[0].unwrap().status, Status::Abandoned);
+    assert_eq!(
+        l[1].unwrap().status,
+        Status::Active,
+        "its frame keeps it alive"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(5), f.events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        ev("cm-quiet", "alice", Status::Abandoned, t + 1 + IDLE_MS)
+    );
+    assert!(
+        f.store()
+            .check_many(&[], t, RULES)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn no_status_returns_to_active(mut f: Fixture) {
@@ -649,21 +756,26 @@ async fn revoke_user_counts_active_sessions_only(f: Fixture) {
         .set_status("rv-2", Status::Ended, t + 5, RULES)
         .await
         .unwrap();
-    assert_eq!(
-        f.store().revoke_user("alice", t + 6, RULES).await.unwrap(),
-        2
-    );
+    let mut revoked = f.store().revoke_user("alice", t + 6, RULES).await.unwrap();
+    revoked.sort();
+    assert_eq!(revoked, ["rv-1", "rv-3"]);
     assert_eq!(f.status("rv-1", t + 7).await, Status::Revoked);
     assert_eq!(f.status("rv-2", t + 7).await, Status::Ended);
     assert_eq!(f.status("rv-3", t + 7).await, Status::Revoked);
     assert_eq!(f.status("rv-bob", t + 7).await, Status::Active);
-    assert_eq!(
-        f.store().revoke_user("alice", t + 8, RULES).await.unwrap(),
-        0
+    assert!(
+        f.store()
+            .revoke_user("alice", t + 8, RULES)
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert_eq!(
-        f.store().revoke_user("nobody", t + 8, RULES).await.unwrap(),
-        0
+    assert!(
+        f.store()
+            .revoke_user("nobody", t + 8, RULES)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -1012,6 +1124,7 @@ contract!(
     create_then_get_round_trips,
     check_applies_expiry_and_idle,
     check_throttles_last_active_at,
+    check_many_records_frames_at_their_time,
     no_status_returns_to_active,
     removed_leaves_the_list_and_ended_stays,
     list_is_newest_first_and_per_user,

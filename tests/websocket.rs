@@ -335,6 +335,59 @@ async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
     assert_eq!(r.error(), "session_abandoned");
 }
 
+/// Opening a tunnel is no activity, and a frame counts from when it came,
+/// not from when the sweeper noticed it: with `idle_timeout: 3s` and
+/// `touch_interval: 1s`, a tunnel that never speaks closes 3 s after login,
+/// and one that spoke closes 3 s after its last frame — not a touch interval
+/// later (it used to be 1.1–2.0 s late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_abandons_exactly_idle_timeout_after_the_last_activity() {
+    let (_r, _h, _w, gate) = setup_with("  idle_timeout: 3s\n  touch_interval: 1s\n").await;
+    let idle = Duration::from_secs(3);
+    // Slack: one sweep (250 ms) and loopback round trips.
+    let slack = Duration::from_millis(600);
+
+    let before_login = Instant::now();
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let after_login = Instant::now();
+    let mut silent = connect(&gate, Some(&ticket), APP).await.unwrap();
+    let (code, reason) = closed_with(&mut silent, Duration::from_secs(6)).await;
+    assert_eq!((code, reason.as_str()), (4401, "session abandoned"));
+    let late = after_login.elapsed();
+    assert!(before_login.elapsed() >= idle, "closed early: {late:?}");
+    assert!(
+        late < idle + slack,
+        "closed {:?} late",
+        late.saturating_sub(idle)
+    );
+
+    let (ticket, _) = gate.login("alice", "wonderland").await;
+    let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
+    // Speak for a while (more than one touch interval), then fall silent.
+    let mut last = Instant::now();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        last = Instant::now();
+        ws.send(Message::Text("tick".into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Text("tick".into())
+        );
+    }
+    let (code, reason) = closed_with(&mut ws, Duration::from_secs(6)).await;
+    assert_eq!((code, reason.as_str()), (4401, "session abandoned"));
+    let after_frame = last.elapsed();
+    assert!(
+        after_frame >= idle - Duration::from_millis(50),
+        "closed {after_frame:?} after the last frame"
+    );
+    assert!(
+        after_frame < idle + slack,
+        "closed {:?} late",
+        after_frame.saturating_sub(idle)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tunnel_outlives_the_routes_timeout_and_still_echoes() {
     // Once open, a tunnel is the gate's own relay's, which times out no silence:

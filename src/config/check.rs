@@ -91,6 +91,30 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A cache budget: at least [`MIN_CACHE_BYTES`], so a typo cannot turn
+    /// a cache into one that holds nothing.
+    fn bytes(&mut self, path: &str, raw: Option<RawBytes>, default: u64) -> u64 {
+        let (n, text) = match raw {
+            None => return default,
+            Some(RawBytes::Number(n)) => (Some(n), n.to_string()),
+            Some(RawBytes::Text(t)) => (parse_bytes(&t), t),
+        };
+        match n {
+            Some(n) if n >= MIN_CACHE_BYTES => n,
+            Some(_) => {
+                self.err(path, format!("`{text}` is too small: at least 64KiB"));
+                default
+            }
+            None => {
+                self.err(
+                    path,
+                    format!("invalid size `{text}`: expected bytes or a number and a unit (KiB, MiB, GiB), like `64MiB`"),
+                );
+                default
+            }
+        }
+    }
+
     fn positive_duration(&mut self, path: &str, raw: Option<&str>, default: Duration) -> Duration {
         let d = self.duration(path, raw, default);
         if d.is_zero() {
@@ -357,6 +381,11 @@ impl<'a> Ctx<'a> {
             ),
             grace: self.duration("store.grace", raw.grace.as_deref(), DEFAULT_STORE_GRACE),
             cache: self.duration("store.cache", raw.cache.as_deref(), DEFAULT_STORE_CACHE),
+            cache_max_bytes: self.bytes(
+                "store.cache_max_bytes",
+                raw.cache_max_bytes,
+                DEFAULT_STORE_CACHE_MAX_BYTES,
+            ),
         }
     }
 
@@ -394,6 +423,11 @@ impl<'a> Ctx<'a> {
             leeway: self.duration("tickets.leeway", raw.leeway.as_deref(), DEFAULT_LEEWAY),
             from: self.ticket_sources(raw.from),
             cookie: self.cookie(raw.cookie),
+            cache_max_bytes: self.bytes(
+                "tickets.cache_max_bytes",
+                raw.cache_max_bytes,
+                DEFAULT_TICKET_CACHE_MAX_BYTES,
+            ),
         }
     }
 

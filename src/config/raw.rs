@@ -115,7 +115,16 @@ pub(super) struct RawStore {
     pub(super) on_unavailable: Option<String>,
     pub(super) grace: Option<String>,
     pub(super) cache: Option<String>,
+    pub(super) cache_max_bytes: Option<RawBytes>,
     pub(super) tls: Option<RawStoreTls>,
+}
+
+/// A size: a plain number of bytes, or a string such as `64MiB`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawBytes {
+    Number(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -139,6 +148,7 @@ pub(super) struct RawTickets {
     pub(super) leeway: Option<String>,
     pub(super) from: Option<Vec<String>>,
     pub(super) cookie: Option<RawCookie>,
+    pub(super) cache_max_bytes: Option<RawBytes>,
 }
 
 #[derive(Deserialize)]

@@ -928,6 +928,35 @@ fn login_origins_and_hashing_are_checked() {
 }
 
 #[test]
+fn cache_budgets_take_bytes_or_units_and_default_to_32_mib() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.store.cache_max_bytes, 32 << 20);
+    assert_eq!(c.tickets.cache_max_bytes, 32 << 20);
+    let c = ok(&MINIMAL
+        .replace(
+            "store: {kind: memory}",
+            "store: {kind: memory, cache_max_bytes: 1048576}",
+        )
+        .replace("  keys:\n", "  cache_max_bytes: 256MiB\n  keys:\n"));
+    assert_eq!(c.store.cache_max_bytes, 1 << 20);
+    assert_eq!(c.tickets.cache_max_bytes, 256 << 20);
+}
+
+#[test]
+fn bad_cache_budget_is_located() {
+    let e = errs(&MINIMAL.replace("  keys:\n", "  cache_max_bytes: 64 megs\n  keys:\n"));
+    assert_eq!(
+        only(&e),
+        "4:20: tickets.cache_max_bytes: invalid size `64 megs`: expected bytes or a number and a unit (KiB, MiB, GiB), like `64MiB`"
+    );
+    let e = errs(&MINIMAL.replace("  keys:\n", "  cache_max_bytes: 1KiB\n  keys:\n"));
+    assert_eq!(
+        only(&e),
+        "4:20: tickets.cache_max_bytes: `1KiB` is too small: at least 64KiB"
+    );
+}
+
+#[test]
 fn users_file_vars_may_not_differ_only_in_case() {
     let bad = format!(
         "{USERS}  - username: carol\n    password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"\n    vars: {{orgId: \"1\", orgid: \"2\"}}\n"
@@ -939,4 +968,17 @@ fn users_file_vars_may_not_differ_only_in_case() {
         "{}",
         lines(&e)
     );
+}
+
+#[test]
+fn sizes_parse_with_binary_and_decimal_units() {
+    use crate::config::parse_bytes;
+    assert_eq!(parse_bytes("4096"), Some(4096));
+    assert_eq!(parse_bytes("512KiB"), Some(512 << 10));
+    assert_eq!(parse_bytes("64 MiB"), Some(64 << 20));
+    assert_eq!(parse_bytes("1GiB"), Some(1 << 30));
+    assert_eq!(parse_bytes("2MB"), Some(2_000_000));
+    assert_eq!(parse_bytes("MiB"), None);
+    assert_eq!(parse_bytes("12Mb"), None);
+    assert_eq!(parse_bytes("99999999999999GiB"), None);
 }

@@ -26,7 +26,12 @@ struct Inner {
     by_user: HashMap<String, Vec<String>>,
     /// key -> (window start, hits)
     rates: HashMap<String, (u64, u32)>,
+    /// How many rate counters were left by the last prune.
+    rates_pruned_at: usize,
 }
+
+/// Below twice this many rate counters, none are pruned on a hit.
+const RATES_PRUNE_FLOOR: usize = 50_000;
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -171,6 +176,28 @@ impl SessionStore for MemoryStore {
         Ok(Some(s.liveness()))
     }
 
+    async fn check_many(
+        &self,
+        batch: &[(String, u64)],
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Option<Liveness>>, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(batch
+            .iter()
+            .map(|(sid, activity)| {
+                let s = inner.sessions.get_mut(sid)?;
+                let mut l = s.liveness();
+                if l.record_activity(*activity, now, rules.idle_ms, rules.touch_ms) {
+                    s.last_active_at = l.last_active_at;
+                    s.updated_at = now;
+                }
+                self.clock(s, now, rules);
+                Some(s.liveness())
+            })
+            .collect())
+    }
+
     async fn get(&self, sid: &str, now: u64, rules: Rules) -> Result<Option<Session>, StoreError> {
         let mut inner = self.lock()?;
         Ok(inner.sessions.get_mut(sid).map(|s| {
@@ -260,10 +287,15 @@ impl SessionStore for MemoryStore {
         Ok(out)
     }
 
-    async fn revoke_user(&self, user_id: &str, now: u64, rules: Rules) -> Result<u64, StoreError> {
+    async fn revoke_user(
+        &self,
+        user_id: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<String>, StoreError> {
         let mut inner = self.lock()?;
         let ids = inner.by_user.get(user_id).cloned().unwrap_or_default();
-        let mut n = 0;
+        let mut revoked = Vec::new();
         for id in ids {
             if let Some(s) = inner.sessions.get_mut(&id) {
                 self.clock(s, now, rules);
@@ -271,11 +303,11 @@ impl SessionStore for MemoryStore {
                     s.status = Status::Revoked;
                     s.updated_at = now;
                     self.publish(s, now);
-                    n += 1;
+                    revoked.push(id);
                 }
             }
         }
-        Ok(n)
+        Ok(revoked)
     }
 
     async fn hit_rate(
@@ -286,8 +318,11 @@ impl SessionStore for MemoryStore {
         now: u64,
     ) -> Result<RateDecision, StoreError> {
         let mut inner = self.lock()?;
-        if inner.rates.len() > 100_000 {
+        // Pruned only once the map has doubled since the last prune: a map
+        // full of live windows must not be scanned on every hit.
+        if inner.rates.len() > inner.rates_pruned_at.max(RATES_PRUNE_FLOOR) * 2 {
             inner.rates.retain(|_, (start, _)| now < *start + window_ms);
+            inner.rates_pruned_at = inner.rates.len();
         }
         let entry = inner.rates.entry(key.to_owned()).or_insert((now, 0));
         if now >= entry.0 + window_ms {

@@ -69,6 +69,18 @@ pub trait SessionStore: Send + Sync + 'static {
         rules: Rules,
     ) -> Result<Option<Liveness>, StoreError>;
 
+    /// The tunnel sweeper's check of many sessions in one round trip: each
+    /// `(sid, activity)` is checked like [`SessionStore::check`], except that
+    /// `lastActiveAt` moves only to `activity` (when the tunnel's client last
+    /// sent a frame, ms; 0: no frame), never to `now`
+    /// ([`Liveness::record_activity`]). Answers in the batch's order.
+    async fn check_many(
+        &self,
+        batch: &[(String, u64)],
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Option<Liveness>>, StoreError>;
+
     /// The whole record, after applying the clock rules.
     async fn get(&self, sid: &str, now: u64, rules: Rules) -> Result<Option<Session>, StoreError>;
 
@@ -101,8 +113,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self, user_id: &str, now: u64, rules: Rules)
     -> Result<Vec<Session>, StoreError>;
 
-    /// Revokes every active session of a user; returns how many.
-    async fn revoke_user(&self, user_id: &str, now: u64, rules: Rules) -> Result<u64, StoreError>;
+    /// Revokes every active session of a user; returns their ids.
+    async fn revoke_user(
+        &self,
+        user_id: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Counts one hit against `key` in a fixed window shared by all nodes.
     async fn hit_rate(
@@ -124,4 +141,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Status changes from every node sharing this store.
     fn events(&self) -> broadcast::Receiver<Event>;
+
+    /// Changes each time [`SessionStore::events`] may have missed events (a
+    /// subscription to the backend made anew): whatever was learnt before
+    /// cannot be trusted to be current. A store that never misses any
+    /// (the memory store) returns a receiver that never changes.
+    fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
 }

@@ -39,6 +39,9 @@ use tokio::sync::broadcast;
 use super::{Created, RateDecision, Rules, SessionStore, StoreError};
 use crate::session::{Event, Liveness, Session, Status, rfc3339, sid_tag, user_tag};
 
+/// How often an idle event subscription is checked for a live server.
+const EVENTS_PING_EVERY: Duration = Duration::from_secs(1);
+
 /// Dead sessions kept per user in the index beyond the active ones.
 pub const MAX_DEAD_PER_USER: usize = 50;
 
@@ -88,6 +91,29 @@ end
 return {c[1], c[2], c[3]}
 "#;
 
+/// The tunnel sweeper's check. KEYS: session. ARGV: 5 touch (ms), 6 sid,
+/// 7 activity (ms of the tunnel's last client frame; 0: none).
+/// -> nil | {status, expireAt, lastActiveAt}. Mirrors
+/// `Liveness::record_activity`: lastActiveAt becomes the frame's time, not
+/// now, and only a frame that came while the session was alive counts.
+const CHECK_TUNNEL: &str = r#"
+local act = tonumber(ARGV[7])
+if act > 0 then
+  local h = redis.call('HMGET', KEYS[1], 'status', 'expireAt', 'lastActiveAt')
+  if h[1] == 'active' then
+    local exp = tonumber(h[2])
+    local last = tonumber(h[3])
+    local dl = last + idle
+    if act > last and act < dl and act < exp and (now - last >= tonumber(ARGV[5]) or now >= dl) then
+      redis.call('HSET', KEYS[1], 'lastActiveAt', act, 'updatedAt', now)
+    end
+  end
+end
+local c = clock(KEYS[1], ARGV[6])
+if not c then return nil end
+return {c[1], c[2], c[3]}
+"#;
+
 /// KEYS: session. ARGV: 5 op (get|touch|refresh), 6 sid, 7 expireAt (refresh). -> nil | HGETALL
 const ONE: &str = r#"
 local c = clock(KEYS[1], ARGV[6])
@@ -126,23 +152,22 @@ end
 return redis.call('HGETALL', KEYS[1])
 "#;
 
-/// KEYS: user index. ARGV: 5 key prefix, 6 op (list|revoke). -> list of HGETALL | count
+/// KEYS: user index. ARGV: 5 key prefix, 6 op (list|revoke).
+/// -> list of HGETALL | revoked ids
 const USER: &str = r#"
 local ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
 local out = {}
-local n = 0
 for _, id in ipairs(ids) do
   local key = skey(ARGV[5], id)
   local c = clock(key, id)
   if not c then
     redis.call('ZREM', KEYS[1], id)
   elseif ARGV[6] == 'revoke' then
-    if c[1] == 'active' then setstatus(key, id, c[4], 'revoked'); n = n + 1 end
+    if c[1] == 'active' then setstatus(key, id, c[4], 'revoked'); table.insert(out, id) end
   elseif c[1] ~= 'removed' then
     table.insert(out, redis.call('HGETALL', key))
   end
 end
-if ARGV[6] == 'revoke' then return n end
 return out
 "#;
 
@@ -201,6 +226,7 @@ return -1
 
 struct Scripts {
     check: Script,
+    check_tunnel: Script,
     one: Script,
     set_status: Script,
     user: Script,
@@ -213,6 +239,7 @@ impl Scripts {
         let with_clock = |body: &str| Script::new(&format!("{CLOCK}{body}"));
         Scripts {
             check: with_clock(CHECK),
+            check_tunnel: with_clock(CHECK_TUNNEL),
             one: with_clock(ONE),
             set_status: with_clock(SET_STATUS),
             user: with_clock(USER),
@@ -276,6 +303,9 @@ pub struct RedisStore {
     timeout: Duration,
     scripts: Scripts,
     events: broadcast::Sender<Event>,
+    /// Bumped on every subscription to the events channel: events published
+    /// while none was open are lost.
+    gaps: tokio::sync::watch::Sender<u64>,
     subscribed: std::sync::Once,
 }
 
@@ -362,6 +392,7 @@ impl RedisStore {
             timeout,
             scripts: Scripts::new(),
             events,
+            gaps: tokio::sync::watch::channel(0).0,
             subscribed: std::sync::Once::new(),
         })
     }
@@ -412,6 +443,9 @@ impl RedisStore {
     }
 
     async fn relay_events(self: Arc<Self>) {
+        // Capped low: while no subscription is open, events are lost, and a
+        // node that resubscribes late re-checks everything it knows.
+        const MAX_BACKOFF: Duration = Duration::from_millis(500);
         let mut backoff = Duration::from_millis(50);
         loop {
             let client = match self.client().await {
@@ -419,34 +453,72 @@ impl RedisStore {
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot find the master for session events");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            match client.get_async_pubsub().await {
-                Ok(mut ps) => match ps.subscribe(&self.channel).await {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(50);
-                        tracing::debug!(channel = %self.channel, "subscribed to session events");
-                        let mut stream = ps.into_on_message();
-                        while let Some(msg) = stream.next().await {
-                            match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
-                                Ok(ev) => {
-                                    let _ = self.events.send(ev);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "malformed session event ignored")
-                                }
-                            }
-                        }
-                        tracing::warn!("session event subscription lost; resubscribing");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot subscribe to session events"),
-                },
-                Err(e) => tracing::debug!(error = %e, "cannot connect for session events"),
+            // Bounded: a frozen server (SIGSTOP) accepts the TCP connection and
+            // then answers nothing, and would hold this task forever.
+            let wait = self.timeout.max(Duration::from_millis(500));
+            let subscribed = tokio::time::timeout(wait, async {
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            })
+            .await;
+            match subscribed {
+                Ok(Ok(ps)) => {
+                    backoff = Duration::from_millis(50);
+                    tracing::debug!(channel = %self.channel, "subscribed to session events");
+                    // Whatever was published before this subscription
+                    // (since the last one ended, or since the start) is
+                    // not coming: followers must re-check what they know.
+                    self.gaps.send_modify(|g| *g += 1);
+                    self.follow_subscription(ps, wait).await;
+                    tracing::warn!("session event subscription lost; resubscribing");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to session events"),
+                Err(_) => tracing::debug!("subscribing to session events timed out"),
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Relays one subscription's events until it fails. A subscription gets
+    /// no traffic of its own while no one publishes, so a server that froze
+    /// or was failed away from (Sentinel) would look merely quiet: it is
+    /// pinged every [`EVENTS_PING_EVERY`], and one that does not answer
+    /// within `wait` is given up for a new subscription, found anew.
+    async fn follow_subscription(&self, ps: redis::aio::PubSub, wait: Duration) {
+        let (mut sink, mut stream) = ps.split();
+        let mut ping = tokio::time::interval(EVENTS_PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return };
+                    match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
+                        Ok(ev) => {
+                            let _ = self.events.send(ev);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "malformed session event ignored"),
+                    }
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(wait, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "session event subscription failed its ping");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("session event subscription unanswered; resubscribing");
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -497,6 +569,62 @@ impl RedisStore {
         }
     }
 
+    /// Sends a sweeper batch. On one server it is one pipeline of EVALSHA
+    /// calls: one write, one round trip (the script is loaded and the
+    /// pipeline sent again if the server lost it). On a cluster the checks go
+    /// out together on the multiplexed connection, which writes each node's
+    /// share at once: one round trip per node.
+    async fn pipeline(
+        &self,
+        con: Con,
+        batch: &[(String, u64)],
+        now: u64,
+        rules: Rules,
+    ) -> RedisResult<Vec<Option<CheckAnswer>>> {
+        let script = &self.scripts.check_tunnel;
+        let at = rfc3339(now);
+        match con {
+            Con::Single(mut c) => {
+                let mut pipe = redis::pipe();
+                for (sid, activity) in batch {
+                    pipe.cmd("EVALSHA")
+                        .arg(script.get_hash())
+                        .arg(1)
+                        .arg(self.session_key(sid))
+                        .arg(now)
+                        .arg(rules.idle_ms)
+                        .arg(&self.channel)
+                        .arg(&at)
+                        .arg(rules.touch_ms)
+                        .arg(sid)
+                        .arg(*activity);
+                }
+                match pipe.query_async(&mut c).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        script.load_async(&mut c).await?;
+                        pipe.query_async(&mut c).await
+                    }
+                    other => other,
+                }
+            }
+            Con::Cluster(c) => {
+                let checks = batch.iter().map(|(sid, activity)| {
+                    let mut c = c.clone();
+                    let mut inv = self.base(script, now, rules);
+                    inv.key(self.session_key(sid))
+                        .arg(rules.touch_ms)
+                        .arg(sid.as_str())
+                        .arg(*activity);
+                    async move { inv.invoke_async(&mut c).await }
+                });
+                futures_util::future::try_join_all(checks).await
+            }
+        }
+    }
+
     /// Mirrored by `skey` in the scripts.
     fn session_key(&self, sid: &str) -> String {
         format!("{}s:{{{}}}:{sid}", self.prefix, sid_tag(sid))
@@ -514,6 +642,18 @@ impl RedisStore {
             .arg(rfc3339(now));
         inv
     }
+}
+
+/// A check script's answer: status, expireAt, lastActiveAt.
+type CheckAnswer = (String, u64, u64);
+
+fn liveness((st, expire_at, last_active_at): CheckAnswer) -> Result<Liveness, StoreError> {
+    Ok(Liveness {
+        status: Status::parse(&st)
+            .ok_or_else(|| StoreError::Corrupt("unknown session status".into()))?,
+        expire_at,
+        last_active_at,
+    })
 }
 
 fn tls(ca: &[u8]) -> redis::TlsCertificates {
@@ -608,16 +748,40 @@ impl SessionStore for RedisStore {
     ) -> Result<Option<Liveness>, StoreError> {
         let mut inv = self.base(&self.scripts.check, now, rules);
         inv.key(self.session_key(sid)).arg(rules.touch_ms).arg(sid);
-        let out: Option<(String, u64, u64)> = self.run(inv).await?;
-        out.map(|(st, expire_at, last_active_at)| {
-            Ok(Liveness {
-                status: Status::parse(&st)
-                    .ok_or_else(|| StoreError::Corrupt("unknown session status".into()))?,
-                expire_at,
-                last_active_at,
-            })
-        })
-        .transpose()
+        let out: Option<CheckAnswer> = self.run(inv).await?;
+        out.map(liveness).transpose()
+    }
+
+    async fn check_many(
+        &self,
+        batch: &[(String, u64)],
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<Option<Liveness>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let con = self.con().await?;
+        let answers =
+            match tokio::time::timeout(self.timeout, self.pipeline(con, batch, now, rules)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    self.forget_master();
+                    return Err(StoreError::Unavailable(e.to_string()));
+                }
+                Err(_) => return Err(StoreError::Timeout(self.timeout)),
+            };
+        if answers.len() != batch.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} answers to {} checks",
+                answers.len(),
+                batch.len()
+            )));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.map(liveness).transpose())
+            .collect()
     }
 
     async fn get(&self, sid: &str, now: u64, rules: Rules) -> Result<Option<Session>, StoreError> {
@@ -687,7 +851,12 @@ impl SessionStore for RedisStore {
         Ok(sessions)
     }
 
-    async fn revoke_user(&self, user_id: &str, now: u64, rules: Rules) -> Result<u64, StoreError> {
+    async fn revoke_user(
+        &self,
+        user_id: &str,
+        now: u64,
+        rules: Rules,
+    ) -> Result<Vec<String>, StoreError> {
         let mut inv = self.base(&self.scripts.user, now, rules);
         inv.key(self.user_key(user_id))
             .arg(&self.prefix)
@@ -731,5 +900,9 @@ impl SessionStore for RedisStore {
 
     fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.gaps.subscribe()
     }
 }

@@ -114,8 +114,17 @@ impl Redis {
     }
 
     pub fn kill(&mut self) {
+        // A frozen server takes no SIGKILL-less way out: wake it first.
+        self.signal("CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`STOP` freezes the server, `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
     }
 }
 
@@ -266,10 +275,16 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub async fn spawn() -> RedisCluster {
+        Self::spawn_shaped(3, 0).await
+    }
+
+    /// `masters` masters with `replicas_each` replicas each.
+    pub async fn spawn_shaped(masters: usize, replicas_each: usize) -> RedisCluster {
         let dir = scratch_dir("cluster");
         let mut args = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..masters * (1 + replicas_each) {
             let port = free_port();
             let conf = dir.join(format!("nodes-{port}.conf"));
             let node: Vec<String> = [
@@ -302,7 +317,11 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &replicas_each.to_string(),
+                "--cluster-yes",
+            ])
             .output()
             .expect("redis-cli must be installed (make test installs redis-tools)");
         assert!(
@@ -333,7 +352,7 @@ impl RedisCluster {
     }
 
     async fn wait_ok(&self) {
-        let ok = eventually(Duration::from_secs(20), || async {
+        let ok = eventually(Duration::from_secs(30), || async {
             for n in &self.nodes {
                 let mut con = n.client().get_multiplexed_async_connection().await.ok()?;
                 let info: String = redis::cmd("CLUSTER")
@@ -1053,4 +1072,59 @@ pub async fn sentinel(master: u16) -> Redis {
     .expect("sentinel conf");
     let conf = conf.display().to_string();
     Redis::spawn_with(port, &[conf.as_str(), "--sentinel"]).await
+}
+
+/// A WebSocket client of the gate's `/gateway/chat` (the [`routes`] gateway).
+pub type ChatWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/gateway/chat` on `gate` with `ticket` as a bearer token.
+pub async fn open_chat(gate: &Gate, ticket: &str) -> ChatWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/gateway/chat", gate.addr)
+        .into_client_request()
+        .expect("ws url");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ticket}").parse().expect("header"),
+    );
+    req.headers_mut()
+        .insert("origin", "https://app.example.com".parse().expect("header"));
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("WebSocket handshake")
+        .0
+}
+
+/// The Close frame's code and reason, if one arrives within `within`.
+pub async fn close_of(ws: &mut ChatWs, within: Duration) -> Option<(u16, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(within, async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(Some(f))) => {
+                    return Some((u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(Message::Close(None)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// How many subscribers `channel` has on the server behind `client`.
+pub async fn subscribers(client: &redis::Client, channel: &str) -> Option<i64> {
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    Some(n)
 }
