@@ -117,6 +117,29 @@ fn print_config_errors(errors: &[config::ConfigError]) {
     }
 }
 
+/// `check` warns, without failing, about certificates close to expiry.
+fn warn_expiring(cfg: &sessiongate::config::Config) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for c in cfg.tls.iter().flat_map(|t| t.certificates.certs.iter()) {
+        let left = c.not_after - now;
+        if left < sessiongate::tls::EXPIRY_WARNING_SECS {
+            let at = time::OffsetDateTime::from_unix_timestamp(c.not_after)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "warning: {}: certificate for {} expires at {at}, in {} days",
+                c.cert_file.display(),
+                c.names.join(", "),
+                left / 86_400
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -128,7 +151,8 @@ fn main() -> ExitCode {
         Cmd::Check { config } => {
             let path = config_path(config);
             match server::load(&path) {
-                Ok(_) => {
+                Ok((cfg, _)) => {
+                    warn_expiring(&cfg);
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS
                 }

@@ -3,6 +3,7 @@
 //! (session events, tunnel sweeping, health probes, config reload).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
@@ -20,11 +22,13 @@ use pingora::services::listening::Service;
 use crate::config::{self, Config, ConfigError, StoreKind};
 use crate::gate::{Gate, Settings, now_ms};
 use crate::health::Health;
+use crate::listeners::EdgeApp;
 use crate::proxy::Proxy;
 use crate::session::{Liveness, Status};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Rules, SessionStore};
+use crate::tls::SniResolver;
 use crate::tunnel::CLOSE_GOING_AWAY;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,28 +97,57 @@ pub fn run(
     let (store, redis) = build_store(&cfg)?;
     let grace = cfg.server.grace_period;
     let listen = cfg.listen.clone();
+    let tls = cfg.tls.clone();
+    let proxy_protocol = cfg.clients.proxy_protocol;
     let admin = cfg.admin.clone();
     let settings = Settings::new(cfg, users).map_err(StartError::Settings)?;
     let gate = Gate::new(settings, store, config_path);
+    export_cert_expiry(&gate);
     let health = Arc::new(Health::default());
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = Arc::new(pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(Arc::clone(&gate), Arc::clone(&health)),
-        "sessiongate",
-    );
-    for addr in &listen {
-        // No L4 read buffer in front of client sockets: Pingora reads headers and
-        // bodies into its own buffers anyway, and the default 64 KiB buffer is
-        // zero-filled per connection, which an idle WebSocket pays for in RSS.
-        proxy.add_listener(
-            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
-        );
+    ));
+    // No L4 read buffer in front of client sockets: Pingora reads headers and
+    // bodies into its own buffers anyway, and the default 64 KiB buffer is
+    // zero-filled per connection, which an idle WebSocket pays for in RSS.
+    let endpoint = |addr: &SocketAddr| {
+        ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
+    };
+    if !listen.is_empty() {
+        let app = EdgeApp::new(Arc::clone(&proxy), None, proxy_protocol);
+        let mut svc = Service::new("sessiongate".into(), app);
+        for addr in &listen {
+            svc.add_listener(endpoint(addr));
+        }
+        server.add_service(svc);
     }
-    server.add_service(proxy);
+    if let Some(tls) = &tls {
+        // Every handshake asks the settings in force for the certificates,
+        // so a reload reaches new connections and leaves open ones alone.
+        let current = Arc::clone(&gate);
+        let resolver = SniResolver::new(move || {
+            current
+                .settings()
+                .config
+                .tls
+                .as_ref()
+                .map(|t| Arc::clone(&t.certificates))
+        });
+        let rustls = crate::tls::server_config(tls.min_version, tls.http2, Arc::new(resolver))
+            .map_err(|e| StartError::Settings(e.to_string()))?;
+        let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(rustls)));
+        let app = EdgeApp::new(Arc::clone(&proxy), Some(acceptor), proxy_protocol);
+        let mut svc = Service::new("sessiongate-tls".into(), app);
+        for addr in &tls.listen {
+            svc.add_listener(endpoint(addr));
+        }
+        server.add_service(svc);
+    }
 
     if let Some(a) = admin {
         let mut svc = Service::new(
@@ -138,7 +171,11 @@ pub fn run(
     if let Some(extra) = extra {
         extra(&mut server);
     }
-    tracing::info!(listen = ?listen, "sessiongate starting");
+    tracing::info!(
+        listen = ?listen,
+        tls_listen = ?tls.as_ref().map(|t| &t.listen),
+        "sessiongate starting"
+    );
     server.run_forever();
 }
 
@@ -286,7 +323,27 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// Reloads on SIGHUP and when the config file changes.
+/// The files a reload reads that are watched for changes: the config and
+/// the TLS certificates and keys it names.
+fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let s = gate.settings();
+    let mut files = vec![gate.config_path.clone()];
+    if let Some(tls) = &s.config.tls {
+        for c in &tls.certificates.certs {
+            files.push(c.cert_file.clone());
+            files.push(c.key_file.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let t = mtime(&f);
+            (f, t)
+        })
+        .collect()
+}
+
+/// Reloads on SIGHUP and when the config file or a certificate changes.
 async fn watch_config(gate: Arc<Gate>) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -295,7 +352,7 @@ async fn watch_config(gate: Arc<Gate>) {
             None
         }
     };
-    let mut last = mtime(&gate.config_path);
+    let mut last = watched(&gate);
     // A file caught mid-write fails to load; one retry on the next tick
     // picks up the finished file without needing another change.
     let mut retry = false;
@@ -312,12 +369,27 @@ async fn watch_config(gate: Arc<Gate>) {
             _ = hup_fired => true,
             _ = tokio::time::sleep(WATCH_EVERY) => false,
         };
-        let now = mtime(&gate.config_path);
+        let now: Vec<_> = last.iter().map(|(f, _)| (f.clone(), mtime(f))).collect();
         let changed = now != last;
         if by_signal || changed || retry {
-            last = now;
             let ok = reload(&gate);
             retry = !ok && changed && !by_signal;
+            // The new config may name other certificate files.
+            last = if ok { watched(&gate) } else { now };
+        }
+    }
+}
+
+/// Publishes each certificate's expiry on `/metrics`.
+fn export_cert_expiry(gate: &Gate) {
+    let gauge = &gate.metrics.cert_expiry;
+    gauge.reset();
+    if let Some(tls) = &gate.settings().config.tls {
+        for c in &tls.certificates.certs {
+            let name = c.names.first().map_or("", String::as_str);
+            gauge
+                .with_label_values(&[&c.cert_file.display().to_string(), name])
+                .set(c.not_after);
         }
     }
 }
@@ -326,9 +398,19 @@ async fn watch_config(gate: Arc<Gate>) {
 /// new config is in force.
 pub fn reload(gate: &Gate) -> bool {
     let outcome = match load(&gate.config_path) {
+        Ok((cfg, _))
+            if cfg.tls.is_some() != gate.settings().config.tls.is_some()
+                || cfg.clients.proxy_protocol != gate.settings().config.clients.proxy_protocol =>
+        {
+            tracing::error!(
+                "config reload rejected: `tls` added or removed, or `clients.proxy_protocol` changed; listeners are set at start; keeping the old config"
+            );
+            "error"
+        }
         Ok((cfg, users)) => match Settings::new(cfg, users) {
             Ok(s) => {
                 gate.swap_settings(s);
+                export_cert_expiry(gate);
                 tracing::info!(file = %gate.config_path.display(), "config reloaded");
                 "ok"
             }

@@ -56,7 +56,9 @@ fn strip_marks(message: &str) -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub(super) listen: Addrs,
+    pub(super) listen: Option<Addrs>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) clients: Option<RawClients>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) store: RawStore,
     pub(super) tickets: RawTickets,
@@ -219,6 +221,32 @@ pub(super) struct RawRoute {
 pub(super) struct RawRouteTls {
     pub(super) sni: Option<String>,
     pub(super) ca_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: Option<Addrs>,
+    pub(super) certificates: Option<Vec<RawCertificate>>,
+    pub(super) http2: Option<bool>,
+    /// `"1.2"` as written, or `1.2` read by YAML as a number.
+    pub(super) min_version: Option<serde_yaml::Value>,
+    pub(super) redirect_plain: Option<bool>,
+    pub(super) hsts: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert_file: String,
+    pub(super) key_file: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClients {
+    pub(super) proxy_protocol: Option<bool>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,423 @@
+//! The gate as the edge: its own TLS listeners (SNI, versions, ALPN h2 and
+//! http/1.1, HSTS, plain-to-https redirect, certificate reload), the client
+//! address it believes (PROXY v1/v2, trusted proxies, forged
+//! X-Forwarded-For) and what the upstream is told about it.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::edge::{Ca, Client, Issued, exchange, get, served_cn, tls_yaml, tls11_hello};
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+struct Edge {
+    _redis: Redis,
+    _http: Upstream,
+    _ws: Upstream,
+    ca: Ca,
+    tls: std::net::SocketAddr,
+    gate: Gate,
+}
+
+/// A gate with one plain and one TLS listener; `certs` (the first the
+/// default) and extra `tls:` lines, and top-level yaml `more`.
+async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge {
+    let redis = Redis::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let dir = scratch_dir("edge-ca");
+    let ca = Ca::new(&dir);
+    let issued: Vec<Issued> = certs
+        .iter()
+        .map(|(tag, sans)| ca.issue(tag, sans, 2))
+        .collect();
+    let refs: Vec<&Issued> = issued.iter().collect();
+    let port = free_port();
+    let extra = format!("{}{more}", tls_yaml(port, &refs, tls_extra));
+    let gate = Gate::start(
+        &Setup::redis(&redis)
+            .extra(&extra)
+            .routes(&routes(http.addr, ws.addr)),
+    )
+    .await;
+    Edge {
+        _redis: redis,
+        _http: http,
+        _ws: ws,
+        ca,
+        tls: format!("127.0.0.1:{port}").parse().unwrap(),
+        gate,
+    }
+}
+
+const DEFAULT_CERT: (&str, &str) = ("default.test", "DNS:default.test,IP:127.0.0.1");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_chooses_the_certificate_and_no_sni_gets_the_first() {
+    let e = edge_with(
+        &[DEFAULT_CERT, ("b.test", "DNS:b.test,DNS:*.wild.test")],
+        "",
+        "",
+    )
+    .await;
+    let any = Client::any();
+    for (sni, want) in [
+        ("b.test", "b.test"),
+        ("x.wild.test", "b.test"),
+        ("default.test", "default.test"),
+        ("unknown.test", "default.test"),
+        // An IP address sends no SNI.
+        ("127.0.0.1", "default.test"),
+    ] {
+        let tls = any.connect(e.tls, sni).await.unwrap();
+        assert_eq!(served_cn(&tls), want, "SNI {sni}");
+    }
+    // The chain verifies against the CA, by name and by IP.
+    let verified = Client::verified(&e.ca.cert);
+    let mut tls = verified.connect(e.tls, "b.test").await.unwrap();
+    let r = exchange(&mut tls, &get("/public/x", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    verified.connect(e.tls, "127.0.0.1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_say_https_upstream_and_add_hsts() {
+    let e = edge_with(
+        &[DEFAULT_CERT],
+        "  hsts: \"max-age=63072000; includeSubDomains\"\n",
+        "",
+    )
+    .await;
+    let (ticket, _) = e.gate.login("alice", "wonderland").await;
+    let mut tls = Client::any().connect(e.tls, "default.test").await.unwrap();
+    let forged = "X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.test\r\n";
+    let r = exchange(&mut tls, &get("/controller/shop/x", Some(&ticket), forged))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = r.upstream_headers();
+    assert_eq!(
+        up.get("x-forwarded-proto").map(String::as_str),
+        Some("https")
+    );
+    assert_eq!(
+        up.get("x-forwarded-host").map(String::as_str),
+        Some("gate.test")
+    );
+    assert_eq!(
+        up.get("x-session-user").map(String::as_str),
+        Some("u-alice")
+    );
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=63072000; includeSubDomains")
+    );
+    // The gate's own answers carry it too, on the same kept-alive connection.
+    let r = exchange(&mut tls, &get("/controller/shop/x", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.header("strict-transport-security").is_some());
+    // The plain listener says http, whatever the client claims, and no HSTS.
+    let r = e
+        .gate
+        .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\nX-Forwarded-Proto: https\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-forwarded-proto")
+            .map(String::as_str),
+        Some("http")
+    );
+    assert_eq!(r.header("strict-transport-security"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_tls_versions_are_refused() {
+    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    // An alert (21: handshake_failure 40 or protocol_version 70), never a
+    // ServerHello, for a client that offers only TLS 1.1.
+    let (record, alert) = tls11_hello(e.tls).await;
+    assert!(
+        record == 21 && [40, 70].contains(&alert),
+        "{record} {alert}"
+    );
+    // TLS 1.2 is accepted by default.
+    Client::any()
+        .tls12_only()
+        .connect(e.tls, "default.test")
+        .await
+        .unwrap();
+    drop(e);
+
+    let e = edge_with(&[DEFAULT_CERT], "  min_version: \"1.3\"\n", "").await;
+    assert!(
+        Client::any()
+            .tls12_only()
+            .connect(e.tls, "default.test")
+            .await
+            .is_err(),
+        "TLS 1.2 accepted with min_version 1.3"
+    );
+    let mut tls = Client::any().connect(e.tls, "default.test").await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3)
+    );
+    let r = exchange(&mut tls, &get("/public/x", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_plain_answers_308_to_the_same_url_on_https() {
+    let e = edge_with(&[DEFAULT_CERT], "  redirect_plain: true\n", "").await;
+    let r = e
+        .gate
+        .req("GET /controller/shop/a%20b?x=1&y=2 HTTP/1.1\r\nHost: Gate.Test:6090\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location").map(str::to_owned),
+        Some(format!(
+            "https://Gate.Test:{}/controller/shop/a%20b?x=1&y=2",
+            e.tls.port()
+        ))
+    );
+    // /_session too: nothing is served in the clear.
+    let r = e
+        .gate
+        .req("POST /_session/login HTTP/1.1\r\nHost: [::1]:80\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location").map(str::to_owned),
+        Some(format!("https://[::1]:{}/_session/login", e.tls.port()))
+    );
+    let r = e.gate.req("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n").await;
+    assert_eq!((r.status, r.error().as_str()), (400, "bad_request"));
+    // The TLS listener serves as usual.
+    let mut tls = Client::any().connect(e.tls, "default.test").await.unwrap();
+    let r = exchange(&mut tls, &get("/public/x", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_an_untrusted_peer_is_dropped() {
+    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let r = e
+        .gate
+        .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-forwarded-for")
+            .map(String::as_str),
+        Some("127.0.0.1")
+    );
+    // The access log names the same client.
+    let logged = eventually(Duration::from_secs(5), || async {
+        e.gate
+            .logs()
+            .lines()
+            .any(|l| l.contains("/x") && l.contains("client=Some(127.0.0.1)"))
+            .then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "{}", e.gate.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_gives_the_rightmost_untrusted_address() {
+    let e = edge_with(
+        &[DEFAULT_CERT],
+        "",
+        "clients:\n  trusted_proxies: [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n",
+    )
+    .await;
+    let r = e
+        .gate
+        .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.5\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-forwarded-for")
+            .map(String::as_str),
+        Some("6.6.6.6, 203.0.113.5")
+    );
+    let r = e
+        .gate
+        .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\n\r\n")
+        .await;
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-forwarded-for")
+            .map(String::as_str),
+        Some("127.0.0.1")
+    );
+}
+
+/// Sends `header` then a request on a fresh connection to `addr`; the
+/// upstream's X-Forwarded-For, or `None` when the gate closed instead.
+async fn via_proxy_header(addr: std::net::SocketAddr, header: &[u8]) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(header).await.ok()?;
+    let r = exchange(
+        &mut s,
+        &get("/public/x", None, "X-Forwarded-For: 6.6.6.6\r\n"),
+    )
+    .await
+    .ok()?;
+    r.upstream_headers().get("x-forwarded-for").cloned()
+}
+
+fn proxy_v2(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x11, 0x00, 12]);
+    h.extend(src);
+    h.extend([127, 0, 0, 1]);
+    h.extend(port.to_be_bytes());
+    h.extend(443u16.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_give_the_client_address() {
+    let e = edge_with(&[DEFAULT_CERT], "", "clients:\n  proxy_protocol: true\n").await;
+    let addr = e.gate.addr;
+    assert_eq!(
+        via_proxy_header(addr, b"PROXY TCP4 192.0.2.10 127.0.0.1 40000 6090\r\n").await,
+        Some("192.0.2.10".into())
+    );
+    assert_eq!(
+        via_proxy_header(addr, b"PROXY TCP6 2001:db8::7 ::1 40000 6090\r\n").await,
+        Some("2001:db8::7".into())
+    );
+    assert_eq!(
+        via_proxy_header(addr, &proxy_v2([198, 51, 100, 4], 5555)).await,
+        Some("198.51.100.4".into())
+    );
+    // A balancer's health check (v1 UNKNOWN) is the connecting peer.
+    assert_eq!(
+        via_proxy_header(addr, b"PROXY UNKNOWN\r\n").await,
+        Some("127.0.0.1".into())
+    );
+    // No header, or a broken one: closed without an answer.
+    assert_eq!(via_proxy_header(addr, b"").await, None);
+    assert_eq!(via_proxy_header(addr, b"PROXY TCP4 nope\r\n").await, None);
+
+    // On the TLS listener the header comes before the handshake.
+    let mut tcp = tokio::net::TcpStream::connect(e.tls).await.unwrap();
+    tcp.write_all(&proxy_v2([192, 0, 2, 99], 7)).await.unwrap();
+    let mut tls = Client::any().wrap(tcp, "default.test").await.unwrap();
+    let r = exchange(&mut tls, &get("/public/x", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-forwarded-for")
+            .map(String::as_str),
+        Some("192.0.2.99")
+    );
+    assert!(Client::any().connect(e.tls, "default.test").await.is_err());
+    // The gate still serves after all of that.
+    assert_eq!(
+        via_proxy_header(addr, b"PROXY TCP4 192.0.2.11 127.0.0.1 1 2\r\n").await,
+        Some("192.0.2.11".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_reaches_new_connections_and_a_bad_one_is_refused() {
+    let e = edge_with(&[("first.test", "DNS:first.test,IP:127.0.0.1")], "", "").await;
+    let cert_file = e.ca.dir.join("first.test.pem");
+    let key_file = e.ca.dir.join("first.test.key");
+    let (ticket, _) = e.gate.login("alice", "wonderland").await;
+    let any = Client::any();
+    let mut old = any.connect(e.tls, "first.test").await.unwrap();
+    assert_eq!(served_cn(&old), "first.test");
+    let r = exchange(&mut old, &get("/controller/shop/a", Some(&ticket), ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    // Renewal: a new key and certificate written over the same files.
+    let renewed = e.ca.issue("renewed.test", "DNS:first.test,IP:127.0.0.1", 2);
+    std::fs::copy(&renewed.key, &key_file).unwrap();
+    std::fs::copy(&renewed.cert, &cert_file).unwrap();
+    let seen = eventually(Duration::from_secs(10), || async {
+        let tls = any.connect(e.tls, "first.test").await.ok()?;
+        (served_cn(&tls) == "renewed.test").then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "renewed certificate not served: {}",
+        e.gate.logs()
+    );
+    // The connection opened before the renewal keeps going, session and all.
+    let r = exchange(&mut old, &get("/controller/shop/b", Some(&ticket), ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-session-user")
+            .map(String::as_str),
+        Some("u-alice")
+    );
+
+    // A key that does not match its certificate is refused with its file
+    // named, and the renewed certificate stays.
+    let other = e.ca.issue("other.test", "DNS:other.test", 2);
+    std::fs::copy(&other.key, &key_file).unwrap();
+    let refused = eventually(Duration::from_secs(10), || async {
+        e.gate
+            .logs()
+            .lines()
+            .any(|l| l.contains(key_file.to_str().unwrap()) && l.contains("does not match"))
+            .then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "{}", e.gate.logs());
+    let tls = any.connect(e.tls, "first.test").await.unwrap();
+    assert_eq!(served_cn(&tls), "renewed.test");
+    // Garbage in the certificate file: refused too.
+    std::fs::write(&cert_file, "not a certificate").unwrap();
+    let refused = eventually(Duration::from_secs(10), || async {
+        e.gate
+            .logs()
+            .lines()
+            .any(|l| l.contains(cert_file.to_str().unwrap()) && l.contains("no PEM certificate"))
+            .then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "{}", e.gate.logs());
+    let tls = any.connect(e.tls, "first.test").await.unwrap();
+    assert_eq!(served_cn(&tls), "renewed.test");
+
+    // The expiry of the certificate in force is on /metrics.
+    let m = e.gate.admin_req("GET", "/metrics").await.text();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("sessiongate_tls_certificate_expiry_timestamp_seconds{"))
+        .unwrap_or_else(|| panic!("no expiry metric:\n{m}"));
+    assert!(line.contains(cert_file.to_str().unwrap()), "{line}");
+    let at: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(at > now + 86_400 && at < now + 3 * 86_400, "{line}");
+}
