@@ -421,3 +421,354 @@ async fn a_renewed_certificate_reaches_new_connections_and_a_bad_one_is_refused(
         .as_secs() as i64;
     assert!(at > now + 86_400 && at < now + 3 * 86_400, "{line}");
 }
+
+/// One HTTP/2 request on a shared connection: status, body.
+async fn h2_get(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    ticket: Option<&str>,
+) -> (u16, Vec<u8>) {
+    let mut req = http::Request::get(format!("https://gate.test{path}"));
+    if let Some(t) = ticket {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, out)
+}
+
+fn identity_of(body: &[u8]) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let h: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(v["headers"].clone()).unwrap_or_default();
+    h.into_iter()
+        .filter(|(k, _)| k.starts_with("x-session-") || k.starts_with("x-forwarded-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_of_one_connection_follow_their_own_sessions() {
+    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let (alice, _) = e.gate.login("alice", "wonderland").await;
+    let (bob, _) = e.gate.login("bob", "builder").await;
+
+    // HTTP/1.1 over TLS on the same port: the reference for identity headers.
+    let mut h1 = Client::any().connect(e.tls, "default.test").await.unwrap();
+    assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = exchange(&mut h1, &get("/controller/shop/same", Some(&alice), ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let over_h1 = identity_of(&r.body);
+    assert!(
+        over_h1
+            .iter()
+            .any(|(k, v)| k == "x-session-user" && v == "u-alice")
+    );
+
+    let tls = Client::any()
+        .alpn(&[b"h2", b"http/1.1"])
+        .connect(e.tls, "default.test")
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+
+    let same = h2_get(client.clone(), "/controller/shop/same", Some(&alice)).await;
+    assert_eq!(same.0, 200);
+    assert_eq!(
+        identity_of(&same.1),
+        over_h1,
+        "identity headers differ over h2"
+    );
+
+    let mut streams = Vec::new();
+    for i in 0..48 {
+        let (who, ticket, path) = match i % 4 {
+            0 => ("u-alice", Some(alice.as_str()), "/controller/shop/i"),
+            1 => ("u-bob", Some(bob.as_str()), "/controller/shop/i"),
+            2 => ("-", None, "/controller/shop/i"),
+            _ => ("admin", Some(alice.as_str()), "/admin/x"),
+        };
+        let c = client.clone();
+        let ticket = ticket.map(str::to_owned);
+        streams.push(tokio::spawn(async move {
+            (who, h2_get(c, path, ticket.as_deref()).await)
+        }));
+    }
+    for s in streams {
+        let (who, (status, body)) = s.await.unwrap();
+        match who {
+            "-" => {
+                assert_eq!(status, 401);
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["error"], "missing_ticket");
+            }
+            // alice is a player, not an admin.
+            "admin" => assert_eq!(status, 403),
+            user => {
+                assert_eq!(status, 200);
+                let id = identity_of(&body);
+                assert!(
+                    id.iter().any(|(k, v)| k == "x-session-user" && v == user),
+                    "{user}: {id:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_tunnel_through_the_gate_ends_with_4401_on_logout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let (ticket, _) = e.gate.login("alice", "wonderland").await;
+    // A WebSocket goes over an http/1.1 connection (ALPN), as browsers open
+    // one for it: the gate does not offer RFC 8441 WebSockets over h2.
+    let tls = Client::verified(&e.ca.cert)
+        .connect(e.tls, "default.test")
+        .await
+        .unwrap();
+    let mut req = format!("wss://default.test/gateway/chat?ticket={ticket}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://app.example.com".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    ws.send(Message::Text("over tls".into())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert_eq!(echoed.unwrap().unwrap(), Message::Text("over tls".into()));
+    assert_eq!(
+        e.gate
+            .post("/_session/logout", Some(&ticket), "")
+            .await
+            .status,
+        204
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.to_string());
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no Close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, (4401, "session ended".to_owned()));
+}
+
+fn check(cfg: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+        .args(["check", "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tls_only_config(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::path::PathBuf {
+    let p = dir.join("tls-only.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "listen: []\ntls:\n  listen: [\"127.0.0.1:1\"]\n  certificates:\n    - {{cert_file: {}, key_file: {}}}\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn check_validates_certificate_files() {
+    let dir = scratch_dir("edge-check");
+    let ca = Ca::new(&dir);
+    let good = ca.issue("good.test", "DNS:good.test", 30);
+    let soon = ca.issue("soon.test", "DNS:soon.test", 3);
+    let other = ca.issue("other.test", "DNS:other.test", 30);
+
+    let (code, out, err) = check(&tls_only_config(&dir, &good.cert, &good.key));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // Within 14 days of expiry: still valid, with a warning naming the file.
+    let (code, _, err) = check(&tls_only_config(&dir, &soon.cert, &soon.key));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning")
+            && err.contains(soon.cert.to_str().unwrap())
+            && err.contains("soon.test"),
+        "{err}"
+    );
+
+    // A key of another certificate: FILE:LINE:COL and the key file named.
+    let cfg = tls_only_config(&dir, &good.cert, &other.key);
+    let (code, _, err) = check(&cfg);
+    assert_eq!(code, 1);
+    let want = format!(
+        "{}:5:7: tls.certificates[0]: {}: the key does not match",
+        cfg.display(),
+        other.key.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    // Unreadable and not PEM.
+    let (code, _, err) = check(&tls_only_config(&dir, &dir.join("missing.pem"), &good.key));
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.pem: cannot read"), "{err}");
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "junk").unwrap();
+    let (code, _, err) = check(&tls_only_config(&dir, &junk, &good.key));
+    assert_eq!(code, 1);
+    assert!(err.contains("junk.pem: holds no PEM certificate"), "{err}");
+
+    // Expired: the same certificate judged 31 days from now.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 31 * 86_400;
+    let e = sessiongate::tls::load(&good.cert, &good.key, later).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: certificate expired", good.cert.display())),
+        "{e}"
+    );
+    let names = sessiongate::tls::load(&good.cert, &good.key, later - 31 * 86_400)
+        .unwrap()
+        .names;
+    assert_eq!(names, vec!["good.test".to_owned()]);
+}
+
+/// A controller upstream serving one HTML page whose script logs in with
+/// `fetch`, then reads `/_session` with the cookie alone, and writes what it
+/// saw into the DOM.
+async fn page_upstream() -> Upstream {
+    use tokio::io::AsyncReadExt;
+    const PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+(async () => {
+  const out = document.getElementById('out');
+  try {
+    const l = await fetch('/_session/login', {method: 'POST', headers: {'content-type': 'application/json'},
+      body: JSON.stringify({username: 'alice', password: 'wonderland'})});
+    const s = await fetch('/_session');
+    const j = await s.json();
+    out.textContent = 'login=' + l.status + ' session=' + s.status + ' user=' + (j.user && j.user.id) +
+      ' visible=[' + document.cookie + ']';
+  } catch (e) { out.textContent = 'error ' + e; }
+})();
+</script></body></html>"#;
+    Upstream::custom(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            head.clear();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{PAGE}",
+                PAGE.len()
+            );
+            if tcp.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "chromium is needed (make deps installs it)"
+    );
+    let redis = Redis::spawn().await;
+    let page = page_upstream().await;
+    let dir = scratch_dir("edge-chromium");
+    let ca = Ca::new(&dir);
+    let cert = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1", 2);
+    let port = free_port();
+    let routes = format!(
+        "  - name: app\n    kind: controller\n    path: /app\n    upstreams: [\"{}\"]\n    auth: public\n",
+        page.addr
+    );
+    let users = users_file(&dir);
+    let (listen, admin) = (free_port(), free_port());
+    let yaml = Setup::redis(&redis)
+        .extra(&tls_yaml(port, &[&cert], ""))
+        .routes(&routes)
+        .yaml(listen, admin, &users)
+        .replace(
+            "cookie: {name: sg_ticket, secure: false}",
+            "cookie: {name: sg_ticket, secure: true}",
+        );
+    let gate = Gate::start_yaml(dir.clone(), &yaml, listen, admin, &[]).await;
+
+    let profile = dir.join("chromium-profile");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--ignore-certificate-errors",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--dump-dom")
+            .arg(format!("https://127.0.0.1:{port}/app/"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finished")
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // `/_session` was read with the __Host- cookie alone (fetch sends no
+    // Authorization), and HttpOnly kept the ticket from the script.
+    assert!(
+        dom.contains("login=201 session=200 user=u-alice visible=[]"),
+        "DOM:\n{dom}\nstderr:\n{}\ngate:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gate.logs()
+    );
+}
