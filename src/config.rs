@@ -23,6 +23,9 @@ use check::Ctx;
 use raw::{RawConfig, RawUsersFile, deserialize};
 use source::{SourceMap, substitute};
 
+/// Where listening sockets are handed over during `run --upgrade` by default.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sessiongate_upgrade.sock";
+
 // ---------------------------------------------------------------------------------------------
 // The typed configuration.
 
@@ -411,6 +414,11 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// After the grace period, how long in-flight requests get to finish.
     pub shutdown_timeout: Duration,
+    /// Where the running gate writes its process id, so that
+    /// `sessiongate run --upgrade` finds the process to take over from.
+    pub pid_file: Option<PathBuf>,
+    /// The Unix socket a graceful upgrade passes the listening sockets over.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -419,6 +427,8 @@ impl Default for ServerConfig {
             threads: 1,
             grace_period: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
+            pid_file: None,
+            upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
         }
     }
 }

@@ -122,6 +122,67 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     }
 }
 
+/// `run --upgrade`: asks the gate whose pid `pid_file` holds to send its
+/// listening sockets over (SIGQUIT, Pingora's graceful upgrade signal).
+pub fn ask_to_hand_over(pid_file: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        format!(
+            "{}: cannot read the running gate's pid: {e}",
+            pid_file.display()
+        )
+    })?;
+    let pid: u32 = text.trim().parse().map_err(|_| {
+        format!(
+            "{}: not a process id: {:?}",
+            pid_file.display(),
+            text.trim()
+        )
+    })?;
+    if pid == std::process::id() {
+        return Err(format!("{}: names this very process", pid_file.display()));
+    }
+    // `kill` rather than a signal crate: one call per upgrade, and no unsafe.
+    let status = std::process::Command::new("kill")
+        .args(["-QUIT", &pid.to_string()])
+        .status()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "pid {pid} (from {}) cannot be signalled",
+            pid_file.display()
+        ));
+    }
+    tracing::info!(
+        pid,
+        "asked the running gate to hand over its listening sockets"
+    );
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process is
+/// ready and is now the service's main process, which is what lets a
+/// `run --upgrade` started by `ExecReload` replace the old one.
+pub fn notify_systemd() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(msg.as_bytes(), &addr)
+            }
+            None => sock.send_to(msg.as_bytes(), &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 /// Reads a PROXY v1 or v2 header and makes its source the stream's peer
 /// address; whatever came after the header is put back for HTTP.
 async fn read_proxy_header(l4: &mut L4Stream) -> Result<(), AcceptError> {

@@ -39,6 +39,10 @@ enum Cmd {
     Run {
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Take over the listening sockets of the running gate (found by
+        /// `server.pid_file`), which then drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config; print every error as FILE:LINE:COL: message.
     Check {
@@ -165,7 +169,7 @@ fn main() -> ExitCode {
         Cmd::Ticket {
             cmd: TicketCmd::Inspect { ticket, config },
         } => inspect(&ticket, config.as_deref()),
-        Cmd::Run { config } => {
+        Cmd::Run { config, upgrade } => {
             let _guard = init_logs(cli.log_format);
             let path = config_path(config);
             let (cfg, users) = match server::load(&path) {
@@ -175,7 +179,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match server::run(path, cfg, users, None) {
+            match server::run(path, cfg, users, None, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sessiongate: {e}");
@@ -435,7 +439,7 @@ Try:
             echo,
         ));
     });
-    match server::run(config_file, cfg, users, Some(extra)) {
+    match server::run(config_file, cfg, users, Some(extra), false) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sessiongate: {e}");

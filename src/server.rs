@@ -86,8 +86,11 @@ pub fn run(
     cfg: Config,
     users: Vec<config::UserEntry>,
     extra: Option<Extra>,
+    upgrade: bool,
 ) -> Result<(), StartError> {
+    let pid_file = cfg.server.pid_file.clone();
     let conf = ServerConf {
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
         threads: cfg.server.threads.max(1),
         work_stealing: false,
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
@@ -105,8 +108,28 @@ pub fn run(
     export_cert_expiry(&gate);
     let health = Arc::new(Health::default());
 
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if upgrade {
+        // The old gate sends its listening sockets once it gets SIGQUIT;
+        // bootstrap waits for them on the upgrade socket (both sides retry
+        // for about five seconds, so the order of the two does not matter).
+        let Some(pid_file) = &pid_file else {
+            return Err(StartError::Settings(
+                "--upgrade needs server.pid_file to find the running gate".into(),
+            ));
+        };
+        crate::listeners::ask_to_hand_over(pid_file).map_err(StartError::Settings)?;
+    }
     server.bootstrap();
+    if let Some(p) = &pid_file
+        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
+    {
+        tracing::warn!(file = %p.display(), error = %e, "cannot write the pid file");
+    }
 
     let proxy = Arc::new(pingora::proxy::http_proxy(
         &server.configuration,
@@ -174,6 +197,7 @@ pub fn run(
     tracing::info!(
         listen = ?listen,
         tls_listen = ?tls.as_ref().map(|t| &t.listen),
+        upgrade,
         "sessiongate starting"
     );
     server.run_forever();
@@ -212,6 +236,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// in case a status event was lost.
 const RESYNC_MS: u64 = 5_000;
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long tunnels ended at shutdown get to write their Close frames.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 struct Lifecycle {
     gate: Arc<Gate>,
@@ -226,6 +252,19 @@ impl BackgroundService for Lifecycle {
         if let Some(r) = &self.redis {
             r.start_events();
         }
+        // Services start together; by now the listeners are up.
+        crate::listeners::notify_systemd();
+        // SIGQUIT is Pingora's graceful upgrade: the sockets go to the new
+        // process, and this one drains.
+        let upgrading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).ok();
+        let flag = Arc::clone(&upgrading);
+        let quit_task = tokio::spawn(async move {
+            if let Some(mut q) = quit {
+                q.recv().await;
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        });
         let tasks = [
             tokio::spawn(Arc::clone(&self.gate).follow_events()),
             tokio::spawn(Arc::clone(&self.health).run(Arc::clone(&self.gate))),
@@ -234,6 +273,19 @@ impl BackgroundService for Lifecycle {
             tokio::spawn(sweep_store(Arc::clone(&self.gate))),
         ];
         let _ = shutdown.changed().await;
+        quit_task.abort();
+        let deadline = std::time::Instant::now() + self.grace;
+        if upgrading.load(std::sync::atomic::Ordering::Acquire) {
+            // The new process serves new connections already: requests and
+            // WebSockets here get the grace period to end by themselves,
+            // less a moment for the Close frames of those still open
+            // (Pingora stops the runtimes when the grace period ends).
+            tracing::info!("upgraded: draining requests and WebSockets, then closing the rest");
+            let drain_until = deadline - self.grace.min(CLOSE_FLUSH);
+            while self.gate.requests_in_flight() > 0 && std::time::Instant::now() < drain_until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         tracing::info!("shutting down: closing WebSockets, draining requests");
         self.gate
             .tunnels
@@ -243,7 +295,6 @@ impl BackgroundService for Lifecycle {
         }
         // Pingora sleeps out the whole grace period before stopping; exit as
         // soon as the last in-flight request is done instead.
-        let deadline = std::time::Instant::now() + self.grace;
         while self.gate.requests_in_flight() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

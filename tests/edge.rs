@@ -772,3 +772,145 @@ async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
         gate.logs()
     );
 }
+
+/// Fresh-connection GETs in a loop until `stop`: (answered 200, failed).
+async fn load(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (usize, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        match http(
+            addr,
+            "GET /public/x HTTP/1.1\r\nHost: gate.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        {
+            Ok(r) if r.status == 200 => {
+                ok += 1;
+                served.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            Ok(r) => failed.push(format!("status {}", r.status)),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_upgrade_takes_over_the_sockets_under_load_without_a_failed_request() {
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let redis = Redis::spawn().await;
+    let http_up = Upstream::http().await;
+    let ws_up = Upstream::ws().await;
+    let dir = scratch_dir("edge-upgrade");
+    let (pid_file, sock) = (dir.join("gate.pid"), dir.join("upgrade.sock"));
+    let setup = Setup::redis(&redis)
+        .extra(&format!(
+            "  pid_file: {}\n  upgrade_sock: {}\n",
+            pid_file.display(),
+            sock.display()
+        ))
+        .routes(&routes(http_up.addr, ws_up.addr));
+    let users = users_file(&dir);
+    let (listen, admin) = (free_port(), free_port());
+    let yaml = setup
+        .yaml(listen, admin, &users)
+        .replace("grace_period: 5s", "grace_period: 3s");
+    let mut old = Gate::start_yaml(dir.clone(), &yaml, listen, admin, &[]).await;
+    let written = eventually(Duration::from_secs(5), || async {
+        let p = std::fs::read_to_string(&pid_file).ok()?;
+        (p.trim() == old.pid().to_string()).then_some(())
+    })
+    .await;
+    assert!(written.is_some(), "no pid file");
+
+    // A WebSocket on the old process: it must end with 1001, not be cut.
+    let (ticket, _) = old.login("alice", "wonderland").await;
+    let mut req = format!("ws://{}/gateway/chat?ticket={ticket}", old.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://app.example.com".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(load(old.addr, Arc::clone(&stop), Arc::clone(&served))))
+        .collect();
+    let served_past = |n: usize| {
+        let served = Arc::clone(&served);
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                (served.load(Ordering::Acquire) >= n).then_some(())
+            })
+            .await
+            .is_some()
+        }
+    };
+    assert!(served_past(20).await, "no load on the old gate");
+
+    let new_log = dir.join("new.log");
+    let mut new = tokio::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+        .args(["run", "--upgrade", "-c"])
+        .arg(&old.config)
+        .env("SESSIONGATE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&new_log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let new_pid = new.id().unwrap();
+    let took_over = eventually(Duration::from_secs(15), || async {
+        let p = std::fs::read_to_string(&pid_file).ok()?;
+        (p.trim() == new_pid.to_string()).then_some(())
+    })
+    .await;
+    assert!(
+        took_over.is_some(),
+        "new gate did not take over:\n{}",
+        std::fs::read_to_string(&new_log).unwrap_or_default()
+    );
+    let code = old.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "old gate:\n{}", old.logs());
+    // The open WebSocket got a Close 1001 before the old process left.
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(_)) => continue,
+                _ => return 0,
+            }
+        }
+    })
+    .await
+    .unwrap_or(0);
+    assert_eq!(closed, 1001);
+    // Requests keep being served, by the new process alone now.
+    let after = served.load(Ordering::Acquire);
+    assert!(
+        served_past(after + 50).await,
+        "no load served after the old gate left"
+    );
+    stop.store(true, Ordering::Release);
+    let mut ok = 0;
+    for w in workers {
+        let (n, failed) = w.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        ok += n;
+    }
+    assert!(ok > 50, "only {ok} requests");
+    // The admin listener moved too.
+    let r = http(old.admin, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(new.try_wait().unwrap().is_none(), "new gate exited");
+    let _ = new.start_kill();
+}

@@ -977,6 +977,10 @@ impl<'a> Ctx<'a> {
                 raw.shutdown_timeout.as_deref(),
                 defaults.shutdown_timeout,
             ),
+            pid_file: raw.pid_file.map(PathBuf::from),
+            upgrade_sock: raw
+                .upgrade_sock
+                .map_or(defaults.upgrade_sock, PathBuf::from),
         }
     }
 

@@ -255,6 +255,8 @@ pub(super) struct RawServer {
     pub(super) threads: Option<i64>,
     pub(super) grace_period: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
+    pub(super) pid_file: Option<String>,
+    pub(super) upgrade_sock: Option<String>,
 }
 
 #[derive(Deserialize)]
