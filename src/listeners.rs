@@ -240,8 +240,10 @@ pub const MAX_PROXY_HEADER: usize = 4096;
 /// Parses a PROXY header at the start of `buf`: `Ok(None)` when more bytes
 /// are needed, else the header and how many bytes it took.
 pub fn parse_proxy(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
+    // What has arrived so far must agree with one signature's start.
     let prefix = |sig: &[u8]| {
-        buf.len() >= sig.len().min(buf.len()) && sig.starts_with(&buf[..sig.len().min(buf.len())])
+        let n = sig.len().min(buf.len());
+        sig[..n] == buf[..n]
     };
     if prefix(V2_SIGNATURE) {
         return parse_v2(buf);
