@@ -59,10 +59,21 @@ impl<A> EdgeApp<A> {
         }
     }
 
-    async fn accept(&self, stream: Stream) -> Result<Stream, AcceptError> {
-        if !self.proxy_protocol && self.tls.is_none() {
-            return Ok(stream);
+    /// Hands an accepted stream to the HTTP app. A stream it gives back for
+    /// reuse stays with it: its PROXY header and TLS handshake are done.
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream>
+    where
+        A: ServerApp + Send + Sync + 'static,
+    {
+        loop {
+            match self.inner.process_new(stream, shutdown).await {
+                Some(again) => stream = again,
+                None => return None,
+            }
         }
+    }
+
+    async fn accept(&self, stream: Stream) -> Result<Stream, AcceptError> {
         // Pingora's TCP listeners give an L4 stream; only it can be rewound
         // and wrapped in TLS.
         let mut l4 = stream
@@ -92,6 +103,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if !self.proxy_protocol && self.tls.is_none() {
+            return self.serve(stream, shutdown).await;
+        }
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
@@ -99,7 +113,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             Ok(r) => r,
             Err(_) => Err(AcceptError::Timeout),
         };
-        let mut stream = match accepted {
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // Scanners and broken clients make these common: not a warning.
@@ -107,14 +121,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
                 return None;
             }
         };
-        // A reused stream stays with the inner app: its PROXY header and TLS
-        // handshake are done.
-        loop {
-            match self.inner.process_new(stream, shutdown).await {
-                Some(again) => stream = again,
-                None => return None,
-            }
-        }
+        self.serve(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
