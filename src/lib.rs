@@ -4,7 +4,10 @@
 //! A request's path through the gate:
 //!
 //! ```text
-//! client ──► proxy::request_filter
+//! client ──► listeners::EdgeApp (PROXY v1/v2 header, TLS with the tls::SniResolver
+//!              │ certificate; Pingora picks HTTP/2 or HTTP/1.1 by ALPN)
+//!            proxy::request_filter
+//!              │ https redirect (308) → client address (listeners::client_addr)
 //!              │ limits (414/431) → route::normalize_path (400)
 //!              │ /_session/* ───────────────► api (login, info, refresh, …) ──► store
 //!              │ route::RouteTable::find (404 no_route)
@@ -19,7 +22,7 @@
 //!            proxy::upstream_peer (round robin over healthy upstreams)
 //!            proxy::upstream_request_filter
 //!              │ strip forged identity headers, ticket cookie and ?ticket=;
-//!              │ inject X-Session-*, X-Forwarded-*
+//!              │ inject X-Session-*, X-Forwarded-* (For: the believed client)
 //!              ▼
 //!            upstream ──► response ──► client
 //! ```
