@@ -951,3 +951,40 @@ async fn run_upgrade_takes_over_the_sockets_under_load_without_a_failed_request(
     assert!(new.try_wait().unwrap().is_none(), "new gate exited");
     let _ = new.start_kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_with_only_tls_listeners_serves() {
+    let redis = Redis::spawn().await;
+    let http_up = Upstream::http().await;
+    let dir = scratch_dir("edge-tls-only");
+    let ca = Ca::new(&dir);
+    let cert = ca.issue("only.test", "DNS:only.test,IP:127.0.0.1", 2);
+    let (port, admin) = (free_port(), free_port());
+    let users = users_file(&dir);
+    let yaml = Setup::redis(&redis)
+        .extra(&tls_yaml(port, &[&cert], ""))
+        .routes(&routes(http_up.addr, http_up.addr))
+        .yaml(port, admin, &users)
+        .replacen(
+            &format!("listen: [\"127.0.0.1:{port}\"]\n"),
+            "listen: []\n",
+            1,
+        );
+    assert!(yaml.starts_with("listen: []\n"), "{yaml}");
+    // The harness's readiness probe connects to `port`: the TLS listener here.
+    let gate = Gate::start_yaml(dir, &yaml, port, admin, &[]).await;
+    let mut tls = Client::verified(&ca.cert)
+        .connect(gate.addr, "only.test")
+        .await
+        .unwrap();
+    let r = exchange(&mut tls, &get("/public/x", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_headers()
+            .get("x-forwarded-proto")
+            .map(String::as_str),
+        Some("https")
+    );
+}
