@@ -9,8 +9,9 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: cmake + a C toolchain build Pingora's zlib-ng; redis-server
 # (with redis-cli) runs under the tests, openssl makes their throwaway TLS CA; wrk
-# drives the benchmark. (deploy/check.sh brings PyYAML itself.)
-APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
+# drives the benchmark and h2load (nghttp2-client) its HTTP/2 rows; chromium runs the
+# browser test of the __Host- cookie over HTTPS. (deploy/check.sh brings PyYAML itself.)
+APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk nghttp2-client chromium
 
 .PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-login bench-tickets chaos clean
 
@@ -35,6 +36,8 @@ deps:
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \

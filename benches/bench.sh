@@ -13,12 +13,19 @@
 # moment on a shared machine hits them all alike; it prints each round's ratios and the median
 # of the rounds: requests/s, p50/p99 latency, the gate's peak RSS.
 #
+# The gate also has a TLS listener (a throwaway self-signed certificate from
+# deploy/tls/make-self-signed.sh): after the main table, interleaved rounds time its ticket route
+# over HTTP/1.1 keep-alive (wrk) and HTTP/2 (h2load, one stream per connection, so the
+# concurrency is wrk's), next to the plain listener of the same gate, and new connections per
+# second on the public route with `Connection: close`, plain (TCP connects) and TLS (full
+# handshakes: wrk resumes no sessions).
+#
 # --ws N then restarts the gate and holds N idle authenticated WebSockets through it (two
 # ws_load client processes), and reports the gate's RSS per connection. The gate holds two
 # sockets per WebSocket, so N is bounded by its open-files limit (just under 10,000 at 20,000).
 #
-# Needs: target/release/sessiongate (cargo build --release --locked), wrk, redis-server,
-# curl, python3; with --ws also target/release/examples/ws_load
+# Needs: target/release/sessiongate (cargo build --release --locked), wrk (with TLS), h2load
+# (nghttp2-client), openssl, redis-server, curl, python3; with --ws also target/release/examples/ws_load
 # (cargo build --release --locked --example ws_load).
 # SESSIONGATE_BIN and WS_LOAD override the binaries. Every process started here is stopped on
 # exit, by PID.
@@ -61,8 +68,8 @@ die() {
     exit 1
 }
 [[ -x $bin ]] || die "$bin not found: cargo build --release --locked"
-for tool in wrk redis-server redis-cli curl python3; do
-    command -v "$tool" >/dev/null || die "$tool is required (apt-get install wrk redis-server curl python3)"
+for tool in wrk h2load openssl redis-server redis-cli curl python3; do
+    command -v "$tool" >/dev/null || die "$tool is required (apt-get install wrk nghttp2-client openssl redis-server curl python3)"
 done
 if ((ws > 0)); then
     [[ -x $ws_load ]] || die "$ws_load not found: cargo build --release --locked --example ws_load"
@@ -95,10 +102,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Seven distinct free loopback ports, all bound at once so none is handed out twice.
-read -r p_redis p_http p_ws p_gate p_admin p_gate0 p_admin0 < <(python3 -c '
+# Eight distinct free loopback ports, all bound at once so none is handed out twice.
+read -r p_redis p_http p_ws p_gate p_admin p_gate0 p_admin0 p_tls < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(7)]
+socks = [socket.socket() for _ in range(8)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -131,8 +138,15 @@ export SESSIONGATE_KEY LT_LISTEN="127.0.0.1:$p_gate" LT_ADMIN="127.0.0.1:$p_admi
     LT_ECHO_WS="127.0.0.1:$p_ws" LT_USERS_FILE="$work/users.yaml"
 SESSIONGATE_KEY=$("$bin" keygen)
 
+# The measured gate: the load-test config plus a TLS listener.
+deploy/tls/make-self-signed.sh "$work/tls" >/dev/null
+{
+    cat deploy/loadtest/sessiongate.yaml
+    printf 'tls:\n  listen: ["127.0.0.1:%s"]\n  certificates:\n    - {cert_file: %s, key_file: %s}\n' \
+        "$p_tls" "$work/tls/tls.crt" "$work/tls/tls.key"
+} >"$work/gate.yaml"
 start_gate() {
-    "$bin" run -c deploy/loadtest/sessiongate.yaml >>"$work/gate.log" 2>&1 &
+    "$bin" run -c "$work/gate.yaml" >>"$work/gate.log" 2>&1 &
     gate_pid=$!
     wait_for gate curl -sf "http://127.0.0.1:$p_admin/readyz"
 }
@@ -178,14 +192,14 @@ declare -A rps p50 p99 rss cmds
 # identical.
 # shellcheck disable=SC2034 # the tables are read through median_of's nameref
 measure() {
-    local name=$1 url=$2 round=$3 pid=$4 line kv c0 c1
-    wrk -t"$threads" -c"$connections" -d"$warmup" -H "$auth" "$url" >/dev/null
+    local name=$1 url=$2 round=$3 pid=$4 hdr=${5:-$auth} line kv c0 c1
+    wrk -t"$threads" -c"$connections" -d"$warmup" -H "$hdr" "$url" >/dev/null
     if [[ -n $pid ]]; then
         # Resets VmHWM to the current RSS, so the peak is this run's own (Linux >= 4.0).
         echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
     fi
     c0=$(redis_commands)
-    wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "$auth" \
+    wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "$hdr" \
         -s deploy/loadtest/summary.lua "$url" >"$work/wrk-$name-$round.txt"
     c1=$(redis_commands)
     line=$(grep '^SUMMARY ' "$work/wrk-$name-$round.txt") || die "wrk printed no summary for $name"
@@ -205,6 +219,25 @@ measure() {
     else
         rss[$name,$round]=0
     fi
+}
+
+# The same figures as measure's, from h2load over HTTP/2 (TLS, ALPN h2): requests/s from its
+# summary, p50/p99 from its per-request log (microseconds, third column).
+# shellcheck disable=SC2034 # the tables are read through median_of's nameref
+measure_h2() {
+    local name=$1 url=$2 round=$3 out log failed
+    out="$work/h2load-$name-$round.txt" log="$work/h2load-$name-$round.log"
+    h2load -c "$connections" -t "$threads" -m 1 --warm-up-time="$warmup" -D "$duration" \
+        -H "$auth" --log-file="$log" "$url" >"$out" 2>&1 || die "h2load failed for $name (see $out)"
+    grep -qi 'application protocol: h2' "$out" || die "$name: h2load did not negotiate h2 (see $out)"
+    failed=$(awk '/^requests:/ { print $10 + $12 + $14 }' "$out")
+    ((failed == 0)) || die "$name: $failed failed requests (see $out)"
+    awk '$2 != 200 { bad++ } END { exit bad > 0 }' "$log" || die "$name: answers other than 200 (see $log)"
+    rps[$name,$round]=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$out")
+    p50[$name,$round]=$(cut -f3 "$log" | sort -n | awk '{ v[NR] = $1 } END { print v[int(NR * 0.50) + 1] }')
+    p99[$name,$round]=$(cut -f3 "$log" | sort -n | awk '{ v[NR] = $1 } END { i = int(NR * 0.99) + 1; if (i > NR) i = NR; print v[i] }')
+    rss[$name,$round]=0
+    cmds[$name,$round]=0
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
@@ -275,6 +308,50 @@ printf '%-38s %s\n' "ticket / public throughput" "$ticket_public   (median of ro
 printf '%-38s %s\n' "ticket (no cache) / public throughput" "$nocache_public   (median of rounds; target >= 0.85: $(verdict "$nocache_public" 0.85 '>='))"
 printf '%-38s %s\n' "public / direct throughput" "$public_direct"
 printf '%-38s %s\n' "p99 added latency (ticket - direct)" "$added_p99 ms   (median of rounds; target < 1 ms: $(verdict "$added_p99" 1 '<'))"
+
+tls_ticket_url="https://127.0.0.1:$p_tls/controller/echo/static"
+tls_public_url="https://127.0.0.1:$p_tls/public/static"
+code=$(curl -sk -o "$work/probe.json" -w '%{http_code}' -H "$auth" "$tls_ticket_url")
+[[ $code == 200 ]] || die "$tls_ticket_url answered $code: $(head -c 300 "$work/probe.json")"
+echo
+echo "TLS on the same gate: ticket route over plain HTTP/1.1, TLS HTTP/1.1 and TLS HTTP/2 (keep-alive);"
+echo "new connections per second on the public route (Connection: close), plain and TLS (a full handshake each)"
+printf '%-6s %10s %10s %10s %12s %12s %12s %14s\n' round plain tls-h1 tls-h2 tls-h1/plain tls-h2/plain "plain conn/s" "TLS handsh./s"
+tls_h1_ratio=() tls_h2_ratio=()
+for ((r = 1; r <= rounds; r++)); do
+    order=(plain tls_h1 tls_h2 conn_plain conn_tls)
+    ((r % 2 == 0)) && order=(conn_tls conn_plain tls_h2 tls_h1 plain)
+    for name in "${order[@]}"; do
+        case $name in
+        plain) measure plain "$ticket_url" "$r" "$gate_pid" ;;
+        tls_h1) measure tls_h1 "$tls_ticket_url" "$r" "$gate_pid" ;;
+        tls_h2) measure_h2 tls_h2 "$tls_ticket_url" "$r" ;;
+        conn_plain) measure conn_plain "$public_url" "$r" "$gate_pid" "Connection: close" ;;
+        conn_tls) measure conn_tls "$tls_public_url" "$r" "$gate_pid" "Connection: close" ;;
+        esac
+    done
+    tls_h1_ratio+=("$(ratio "${rps[tls_h1,$r]}" "${rps[plain,$r]}")")
+    tls_h2_ratio+=("$(ratio "${rps[tls_h2,$r]}" "${rps[plain,$r]}")")
+    printf '%-6s %10.0f %10.0f %10.0f %12s %12s %12.0f %14.0f\n' "$r" "${rps[plain,$r]}" "${rps[tls_h1,$r]}" \
+        "${rps[tls_h2,$r]}" "${tls_h1_ratio[-1]}" "${tls_h2_ratio[-1]}" "${rps[conn_plain,$r]}" "${rps[conn_tls,$r]}"
+done
+echo
+echo "median of $rounds rounds"
+printf '%-30s %12s %11s %11s\n' target requests/s p50 p99
+for name in plain tls_h1 tls_h2 conn_plain conn_tls; do
+    case $name in
+    plain) label="ticket, plain HTTP/1.1" ;;
+    tls_h1) label="ticket, TLS HTTP/1.1" ;;
+    tls_h2) label="ticket, TLS HTTP/2" ;;
+    conn_plain) label="public, new TCP conn each" ;;
+    conn_tls) label="public, new TLS conn each" ;;
+    esac
+    printf '%-30s %12s %11s %11s\n' "$label" "$(median_of rps "$name")" "$(ms "$(median_of p50 "$name")")" \
+        "$(ms "$(median_of p99 "$name")")"
+done
+printf '%-38s %s\n' "TLS HTTP/1.1 / plain throughput" "$(median "${tls_h1_ratio[@]}")   (median of rounds)"
+printf '%-38s %s\n' "TLS HTTP/2 / plain throughput" "$(median "${tls_h2_ratio[@]}")   (median of rounds)"
+printf '%-38s %s\n' "TLS handshakes per second" "$(median_of rps conn_tls)   (median of rounds, new connection per request)"
 
 if ((ws > 0)); then
     # A fresh gate, so the figure is the WebSockets' own and not the HTTP runs' leftovers.

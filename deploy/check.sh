@@ -325,16 +325,24 @@ check_config() {
         printf '%s\n' "$out" | sed 's/^/    /' >&2
     fi
 }
+# The configs with a TLS listener need certificate files `check` can read: a throwaway one,
+# made the way compose users make theirs (never a checked-in key).
+tls_dir=$work/tls
+if ! deploy/tls/make-self-signed.sh "$tls_dir" >/dev/null; then
+    fail "deploy/tls/make-self-signed.sh could not make a certificate"
+fi
 if [[ -f $work/compose_dir ]]; then
     compose_dir=$(cat "$work/compose_dir")
-    check_config "compose config" "$compose_dir" sessiongate.yaml "$compose_dir/sessiongate.yaml 0 0"
+    check_config "compose config" "$compose_dir" sessiongate.yaml "$compose_dir/sessiongate.yaml 0 0" \
+        SESSIONGATE_TLS_DIR="$tls_dir"
 fi
 if [[ -f $work/k8s/sessiongate.yaml ]]; then
     origin=$(cat "$work/k8s_origin" 2>/dev/null || true)
-    check_config "Kubernetes ConfigMap config" "$work/k8s" sessiongate.yaml "$origin"
+    check_config "Kubernetes ConfigMap config" "$work/k8s" sessiongate.yaml "$origin" \
+        SESSIONGATE_TLS_DIR="$tls_dir"
     # The Secret's placeholder must stay unusable, so nobody ships it by accident.
     if [[ -f $work/placeholder_key ]] &&
-        (cd "$work/k8s" && SESSIONGATE_KEY=$(cat "$work/placeholder_key") "$bin" check -c sessiongate.yaml >/dev/null 2>&1); then
+        (cd "$work/k8s" && SESSIONGATE_TLS_DIR="$tls_dir" SESSIONGATE_KEY=$(cat "$work/placeholder_key") "$bin" check -c sessiongate.yaml >/dev/null 2>&1); then
         fail "deploy/k8s/secret.yaml: the placeholder SESSIONGATE_KEY is accepted as a real key"
     fi
 fi

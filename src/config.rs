@@ -6,8 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -22,6 +23,9 @@ mod tests;
 use check::Ctx;
 use raw::{RawConfig, RawUsersFile, deserialize};
 use source::{SourceMap, substitute};
+
+/// Where listening sockets are handed over during `run --upgrade` by default.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sessiongate_upgrade.sock";
 
 // ---------------------------------------------------------------------------------------------
 // The typed configuration.
@@ -41,6 +45,93 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Extension beyond the SPEC: process-level knobs (`server:` block).
     pub server: ServerConfig,
+    /// `None`: no TLS listener.
+    pub tls: Option<TlsConfig>,
+    pub clients: ClientsConfig,
+}
+
+/// The gate's own TLS listeners (`tls:`).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Never empty; each file checked (parses, key matches, not expired) at load.
+    pub certificates: Arc<crate::tls::CertSet>,
+    pub http2: bool,
+    pub min_version: crate::tls::MinVersion,
+    pub redirect_plain: bool,
+    /// The `Strict-Transport-Security` value, already a valid header value.
+    pub hsts: Option<http::HeaderValue>,
+}
+
+impl TlsConfig {
+    /// The port a plain-listener redirect names: the first TLS listener's.
+    pub fn redirect_port(&self) -> u16 {
+        self.listen.first().map_or(443, SocketAddr::port)
+    }
+}
+
+/// Who the clients are (`clients:`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientsConfig {
+    pub proxy_protocol: bool,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a
+/// block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`) is its IPv4 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an address or CIDR block (like `10.0.0.0/8`)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
 }
 
 #[derive(Clone)]
@@ -358,6 +449,11 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// An idle keep-alive client connection is closed after this (SPEC section 3).
     pub keepalive_timeout: Duration,
+    /// Where the running gate writes its process id, so that
+    /// `sessiongate run --upgrade` finds the process to take over from.
+    pub pid_file: Option<PathBuf>,
+    /// The Unix socket a graceful upgrade passes the listening sockets over.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -368,6 +464,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            pid_file: None,
+            upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
         }
     }
 }

@@ -4,9 +4,12 @@
 //! A request's path through the gate:
 //!
 //! ```text
-//! client ──► downstream::Downstream (whole head within header_timeout, else 408;
+//! client ──► listeners::EdgeApp (PROXY v1/v2 header, TLS with the tls::SniResolver
+//!              │ certificate; Pingora picks HTTP/2 or HTTP/1.1 by ALPN)
+//!            downstream::Downstream (whole head within header_timeout, else 408;
 //!              │                     idle keep-alive closed after keepalive_timeout)
 //!            proxy::request_filter
+//!              │ https redirect (308) → client address (listeners::client_addr)
 //!              │ limits (414/431) → Host / absolute-form authority (400)
 //!              │ route::normalize_path (400) → route::match_path (;params dropped)
 //!              │ /_session/* ───────────────► api (login, info, refresh, …) ──► store
@@ -23,7 +26,7 @@
 //!            proxy::upstream_peer (round robin over healthy upstreams)
 //!            proxy::upstream_request_filter
 //!              │ strip forged identity headers, ticket cookie and ?ticket=;
-//!              │ inject X-Session-*, X-Forwarded-*
+//!              │ inject X-Session-*, X-Forwarded-* (For: the believed client)
 //!              ▼
 //!            upstream ──► response ──► client
 //! ```
@@ -42,6 +45,7 @@ pub mod echo;
 pub mod gate;
 pub mod handshake;
 pub mod health;
+pub mod listeners;
 pub mod login;
 pub mod logs;
 pub mod metrics;
@@ -54,4 +58,5 @@ pub mod session;
 pub mod store;
 pub mod sweeper;
 pub mod ticket;
+pub mod tls;
 pub mod tunnel;

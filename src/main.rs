@@ -39,6 +39,10 @@ enum Cmd {
     Run {
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Take over the listening sockets of the running gate (found by
+        /// `server.pid_file`), which then drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config; print every error as FILE:LINE:COL: message.
     Check {
@@ -120,6 +124,29 @@ fn print_config_errors(errors: &[config::ConfigError]) {
     }
 }
 
+/// `check` warns, without failing, about certificates close to expiry.
+fn warn_expiring(cfg: &sessiongate::config::Config) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for c in cfg.tls.iter().flat_map(|t| t.certificates.certs.iter()) {
+        let left = c.not_after - now;
+        if left < sessiongate::tls::EXPIRY_WARNING_SECS {
+            let at = time::OffsetDateTime::from_unix_timestamp(c.not_after)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "warning: {}: certificate for {} expires at {at}, in {} days",
+                c.cert_file.display(),
+                c.names.join(", "),
+                left / 86_400
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -131,7 +158,8 @@ fn main() -> ExitCode {
         Cmd::Check { config } => {
             let path = config_path(config);
             match server::load(&path) {
-                Ok(_) => {
+                Ok((cfg, _)) => {
+                    warn_expiring(&cfg);
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS
                 }
@@ -144,7 +172,7 @@ fn main() -> ExitCode {
         Cmd::Ticket {
             cmd: TicketCmd::Inspect { ticket, config },
         } => inspect(&ticket, config.as_deref()),
-        Cmd::Run { config } => {
+        Cmd::Run { config, upgrade } => {
             let _guard = init_logs(cli.log_format);
             let path = config_path(config);
             let (cfg, users) = match server::load(&path) {
@@ -154,7 +182,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match server::run(path, cfg, users, None) {
+            match server::run(path, cfg, users, None, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sessiongate: {e}");
@@ -414,7 +442,7 @@ Try:
             echo,
         ));
     });
-    match server::run(config_file, cfg, users, Some(extra)) {
+    match server::run(config_file, cfg, users, Some(extra), false) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sessiongate: {e}");

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub websockets: IntGaugeVec,
     pub upstream_errors: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// Each TLS certificate's notAfter, by its file and first name.
+    pub cert_expiry: IntGaugeVec,
 }
 
 // Collectors built from static, valid names and registered once into a fresh
@@ -75,6 +77,17 @@ impl Metrics {
         registry
             .register(Box::new(websockets.clone()))
             .expect(STATIC_METRIC);
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "sessiongate_tls_certificate_expiry_timestamp_seconds",
+                "When each TLS listener certificate expires (notAfter, seconds since the epoch)",
+            ),
+            &["cert_file", "name"],
+        )
+        .expect(STATIC_METRIC);
+        registry
+            .register(Box::new(cert_expiry.clone()))
+            .expect(STATIC_METRIC);
         let admitted = auth.with_label_values(&["admitted"]);
         Metrics {
             registry,
@@ -85,6 +98,7 @@ impl Metrics {
             websockets,
             upstream_errors,
             reloads,
+            cert_expiry,
         }
     }
 

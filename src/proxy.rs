@@ -39,6 +39,7 @@ use crate::credentials::{
 use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
 use crate::handshake::{self, HandshakeError, TlsClient};
 use crate::health::Health;
+use crate::listeners::{ClientAddr, client_addr};
 use crate::reject::Reject;
 use crate::route::{Route, match_path, normalize_path, same_authority};
 use crate::tunnel::Relay;
@@ -167,34 +168,65 @@ pub struct Ctx {
     /// The request became a tunnel and its client socket left Pingora's
     /// session: its method, for the access log.
     handed_off: Option<http::Method>,
+    /// The request came in on a TLS listener: its scheme is `https`.
+    pub tls: bool,
+    /// The client the gate believes (SPEC 6), for rate limits, logs and
+    /// `X-Forwarded-For`; `None` only for a peer with no IP address.
+    pub client: Option<ClientAddr>,
+    /// `Strict-Transport-Security` for every answer on a TLS listener.
+    hsts: Option<http::HeaderValue>,
 }
 
 impl Ctx {
+    /// The scheme of the listener the request came in on.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The client's IP address as the gate believes it.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client.as_ref().map(|c| c.ip)
+    }
+
     fn route<'a>(&self, s: &'a Settings) -> Option<&'a Route> {
         self.route.and_then(|i| s.routes.routes().get(i))
     }
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+/// The client address by SPEC 6's rule, from the connection's peer (the
+/// PROXY header's source when the listeners read one).
+fn client_of(session: &Session, s: &Settings) -> Option<ClientAddr> {
+    let peer = session.client_addr().and_then(|a| a.as_inet())?.ip();
+    let xff = session
+        .req_header()
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let clients = &s.config.clients;
+    Some(client_addr(
+        peer,
+        clients.proxy_protocol,
+        xff,
+        &clients.trusted_proxies,
+    ))
 }
 
-/// The scheme of the listener the request came in on: `https` once TLS
-/// terminated on this connection. The one place the request's own origin
-/// (`/_session` cross-site checks) takes its scheme from.
-fn listener_scheme(session: &Session) -> &'static str {
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    if tls { "https" } else { "http" }
-}
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// Writes a whole response, keeping the connection reusable.
-async fn respond(session: &mut Session, resp: Response) -> pingora::Result<()> {
-    let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 1))?;
+/// Writes a whole response, keeping the connection reusable; `hsts` is the
+/// `Strict-Transport-Security` of a TLS listener.
+async fn respond(
+    session: &mut Session,
+    hsts: Option<&http::HeaderValue>,
+    resp: Response,
+) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
     for (k, v) in resp.headers {
         h.append_header(k, v)?;
+    }
+    if let Some(v) = hsts {
+        h.insert_header(header::STRICT_TRANSPORT_SECURITY, v.clone())?;
     }
     h.insert_header(header::CONTENT_LENGTH, resp.body.len())?;
     let empty = resp.body.is_empty();
@@ -217,7 +249,7 @@ impl Proxy {
         ctx.responded = Some(r.status());
         let resp = Response::reject(&r);
         ctx.reject = Some(r);
-        respond(session, resp).await?;
+        respond(session, ctx.hsts.as_ref(), resp).await?;
         Ok(true)
     }
 
@@ -324,7 +356,7 @@ impl Proxy {
                 headers: refusal.headers,
                 body: refusal.body,
             };
-            respond(session, resp).await?;
+            respond(session, ctx.hsts.as_ref(), resp).await?;
             return Ok(true);
         }
 
@@ -392,6 +424,44 @@ impl Proxy {
         self.refuse(session, ctx, reject).await
     }
 
+    /// `tls.redirect_plain`: 308 to the same path and query on https, at the
+    /// Host's name and the first TLS port.
+    async fn redirect_to_https(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        port: u16,
+    ) -> pingora::Result<bool> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        let Some(name) = host.and_then(host_name) else {
+            let why = "a redirect to https needs a valid Host".into();
+            return self.refuse(session, ctx, Reject::BadRequest(why)).await;
+        };
+        let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = if port == 443 {
+            format!("https://{name}{pq}")
+        } else {
+            format!("https://{name}:{port}{pq}")
+        };
+        let Ok(location) = http::HeaderValue::from_str(&location) else {
+            let why = "a redirect to https needs a valid target".into();
+            return self.refuse(session, ctx, Reject::BadRequest(why)).await;
+        };
+        ctx.responded = Some(308);
+        let resp = Response {
+            status: 308,
+            headers: vec![(header::LOCATION, location)],
+            body: Vec::new(),
+        };
+        respond(session, None, resp).await?;
+        Ok(true)
+    }
+
     /// Reads a `/_session` body, bounded by [`api::MAX_BODY`].
     async fn read_body(session: &mut Session) -> Result<Vec<u8>, Reject> {
         let declared = session
@@ -432,8 +502,8 @@ impl Proxy {
             Ok(b) => b,
             Err(r) => return self.refuse(session, ctx, r).await,
         };
-        let ip = client_ip(session);
-        let scheme = listener_scheme(session);
+        let ip = ctx.client_ip();
+        let scheme = ctx.scheme();
         let req = session.req_header();
         let method = req.method.clone();
         let host = req
@@ -456,7 +526,7 @@ impl Proxy {
         )
         .await;
         ctx.responded = Some(resp.status);
-        respond(session, resp).await?;
+        respond(session, ctx.hsts.as_ref(), resp).await?;
         Ok(true)
     }
 }
@@ -632,12 +702,26 @@ impl ProxyHttp for Proxy {
             reject: None,
             responded: None,
             handed_off: None,
+            tls: false,
+            client: None,
+            hsts: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let s = self.gate.settings();
         ctx.settings = Some(Arc::clone(&s));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.client = client_of(session, &s);
+        if let Some(tls) = &s.config.tls {
+            if ctx.tls {
+                ctx.hsts.clone_from(&tls.hsts);
+            } else if tls.redirect_plain {
+                return self
+                    .redirect_to_https(session, ctx, tls.redirect_port())
+                    .await;
+            }
+        }
         let req = session.req_header();
         let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > MAX_URI {
@@ -870,6 +954,18 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if let Some(v) = &ctx.hsts {
+            resp.insert_header(header::STRICT_TRANSPORT_SECURITY, v.clone())?;
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let reject = ctx.reject.clone().unwrap_or_else(|| match e.etype() {
             ErrorType::ConnectTimedout
@@ -917,7 +1013,7 @@ impl ProxyHttp for Proxy {
         } else {
             let resp = Response::reject(&reject);
             let status = resp.status;
-            if respond(session, resp).await.is_err() {
+            if respond(session, ctx.hsts.as_ref(), resp).await.is_err() {
                 0
             } else {
                 status
@@ -968,6 +1064,7 @@ impl ProxyHttp for Proxy {
             path,
             status,
             sid,
+            client = ?ctx.client_ip(),
             upstream = ?ctx.upstream,
             error = ctx.reject.as_ref().map(Reject::code),
             latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
@@ -1060,22 +1157,50 @@ fn rewrite_request(
             up.insert_header(k.clone(), v.clone())?;
         }
     }
-    if let Some(ip) = client_ip(session) {
-        let xff = match up
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        up.insert_header("x-forwarded-for", xff)?;
+    // Only the gate's view of the client goes upstream: what the client sent
+    // survives only as `ctx.client` kept it (SPEC 6).
+    up.remove_header(X_FORWARDED_FOR);
+    if let Some(c) = &ctx.client {
+        up.insert_header(X_FORWARDED_FOR, c.forwarded_for.as_str())?;
     }
-    up.insert_header("x-forwarded-proto", "http")?;
-    if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+    up.insert_header("x-forwarded-proto", ctx.scheme())?;
+    let req = session.req_header();
+    // HTTP/2 carries the host as `:authority`, which lands in the URI.
+    let host = match req.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if let Some(host) = host {
         up.insert_header("x-forwarded-host", host)?;
     }
     Ok(())
+}
+
+/// The name part of a `Host` value (`name`, `name:port`, `[v6]:port`), when
+/// it is a plain host name or address that can go into a redirect.
+fn host_name(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        let end = host.find(']')?;
+        let (v6, rest) = host.split_at(end + 1);
+        let ok = v6[1..end].parse::<std::net::Ipv6Addr>().is_ok()
+            && (rest.is_empty() || rest[1..].bytes().all(|b| b.is_ascii_digit()));
+        return ok.then_some(v6);
+    }
+    let name = host.split_once(':').map_or(host, |(n, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            n
+        } else {
+            ""
+        }
+    });
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then_some(name)
 }
 
 /// The status as a metric label, without allocating for the common ones.
@@ -1088,6 +1213,7 @@ fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
         301 => "301",
         302 => "302",
         304 => "304",
+        308 => "308",
         400 => "400",
         401 => "401",
         403 => "403",

@@ -2,6 +2,7 @@
 //! the admin listener and one background service for the lifecycle tasks
 //! (session events, tunnel sweeping, health probes, config reload).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::ServeHttp;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
@@ -21,10 +23,12 @@ use crate::config::{self, Config, ConfigError, StoreKind};
 use crate::downstream::Downstream;
 use crate::gate::{Gate, Settings, now_ms};
 use crate::health::Health;
+use crate::listeners::EdgeApp;
 use crate::proxy::Proxy;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::tls::SniResolver;
 use crate::tunnel::CLOSE_GOING_AWAY;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +86,11 @@ pub fn run(
     cfg: Config,
     users: Vec<config::UserEntry>,
     extra: Option<Extra>,
+    upgrade: bool,
 ) -> Result<(), StartError> {
+    let pid_file = cfg.server.pid_file.clone();
     let conf = ServerConf {
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
         threads: cfg.server.threads.max(1),
         work_stealing: false,
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
@@ -94,13 +101,36 @@ pub fn run(
     let grace = cfg.server.grace_period;
     let keepalive = cfg.server.keepalive_timeout;
     let listen = cfg.listen.clone();
+    let tls = cfg.tls.clone();
+    let proxy_protocol = cfg.clients.proxy_protocol;
     let admin = cfg.admin.clone();
     let settings = Settings::new(cfg, users).map_err(StartError::Settings)?;
     let gate = Gate::new(settings, store, config_path);
+    export_cert_expiry(&gate);
     let health = Arc::new(Health::default());
 
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if upgrade {
+        // The old gate sends its listening sockets once it gets SIGQUIT;
+        // bootstrap waits for them on the upgrade socket (both sides retry
+        // for about five seconds, so the order of the two does not matter).
+        let Some(pid_file) = &pid_file else {
+            return Err(StartError::Settings(
+                "--upgrade needs server.pid_file to find the running gate".into(),
+            ));
+        };
+        crate::listeners::ask_to_hand_over(pid_file).map_err(StartError::Settings)?;
+    }
     server.bootstrap();
+    if let Some(p) = &pid_file
+        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
+    {
+        tracing::warn!(file = %p.display(), error = %e, "cannot write the pid file");
+    }
 
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
@@ -110,20 +140,45 @@ pub fn run(
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(keepalive);
     app.server_options = Some(options);
-    // Pingora's HTTP/1 loop behind the head deadline and keep-alive limit.
-    let mut proxy = Service::new(
-        "sessiongate".to_owned(),
-        Downstream::new(app, Arc::clone(&gate)),
-    );
-    for addr in &listen {
-        // No L4 read buffer in front of client sockets: Pingora reads headers and
-        // bodies into its own buffers anyway, and the default 64 KiB buffer is
-        // zero-filled per connection, which an idle WebSocket pays for in RSS.
-        proxy.add_listener(
-            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
-        );
+    // Pingora's HTTP/1 loop behind the head deadline and keep-alive limit,
+    // behind the PROXY header and TLS handshake of each listener.
+    let proxy = Arc::new(Downstream::new(app, Arc::clone(&gate)));
+    // No L4 read buffer in front of client sockets: Pingora reads headers and
+    // bodies into its own buffers anyway, and the default 64 KiB buffer is
+    // zero-filled per connection, which an idle WebSocket pays for in RSS.
+    let endpoint = |addr: &SocketAddr| {
+        ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
+    };
+    if !listen.is_empty() {
+        let app = EdgeApp::new(Arc::clone(&proxy), None, proxy_protocol);
+        let mut svc = Service::new("sessiongate".into(), app);
+        for addr in &listen {
+            svc.add_listener(endpoint(addr));
+        }
+        server.add_service(svc);
     }
-    server.add_service(proxy);
+    if let Some(tls) = &tls {
+        // Every handshake asks the settings in force for the certificates,
+        // so a reload reaches new connections and leaves open ones alone.
+        let current = Arc::clone(&gate);
+        let resolver = SniResolver::new(move || {
+            current
+                .settings()
+                .config
+                .tls
+                .as_ref()
+                .map(|t| Arc::clone(&t.certificates))
+        });
+        let rustls = crate::tls::server_config(tls.min_version, tls.http2, Arc::new(resolver))
+            .map_err(|e| StartError::Settings(e.to_string()))?;
+        let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(rustls)));
+        let app = EdgeApp::new(Arc::clone(&proxy), Some(acceptor), proxy_protocol);
+        let mut svc = Service::new("sessiongate-tls".into(), app);
+        for addr in &tls.listen {
+            svc.add_listener(endpoint(addr));
+        }
+        server.add_service(svc);
+    }
 
     if let Some(a) = admin {
         let mut svc = Service::new(
@@ -147,7 +202,12 @@ pub fn run(
     if let Some(extra) = extra {
         extra(&mut server);
     }
-    tracing::info!(listen = ?listen, "sessiongate starting");
+    tracing::info!(
+        listen = ?listen,
+        tls_listen = ?tls.as_ref().map(|t| &t.listen),
+        upgrade,
+        "sessiongate starting"
+    );
     server.run_forever();
 }
 
@@ -179,6 +239,8 @@ impl ServeHttp for AdminApp {
 }
 
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long tunnels ended at shutdown get to write their Close frames.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 struct Lifecycle {
     gate: Arc<Gate>,
@@ -193,6 +255,19 @@ impl BackgroundService for Lifecycle {
         if let Some(r) = &self.redis {
             r.start_events();
         }
+        // Services start together; by now the listeners are up.
+        crate::listeners::notify_systemd();
+        // SIGQUIT is Pingora's graceful upgrade: the sockets go to the new
+        // process, and this one drains.
+        let upgrading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).ok();
+        let flag = Arc::clone(&upgrading);
+        let quit_task = tokio::spawn(async move {
+            if let Some(mut q) = quit {
+                q.recv().await;
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        });
         let tasks = [
             tokio::spawn(Arc::clone(&self.gate).follow_events()),
             tokio::spawn(Arc::clone(&self.health).run(Arc::clone(&self.gate))),
@@ -201,6 +276,19 @@ impl BackgroundService for Lifecycle {
             tokio::spawn(sweep_store(Arc::clone(&self.gate))),
         ];
         let _ = shutdown.changed().await;
+        quit_task.abort();
+        let deadline = std::time::Instant::now() + self.grace;
+        if upgrading.load(std::sync::atomic::Ordering::Acquire) {
+            // The new process serves new connections already: requests and
+            // WebSockets here get the grace period to end by themselves,
+            // less a moment for the Close frames of those still open
+            // (Pingora stops the runtimes when the grace period ends).
+            tracing::info!("upgraded: draining requests and WebSockets, then closing the rest");
+            let drain_until = deadline - self.grace.min(CLOSE_FLUSH);
+            while self.gate.requests_in_flight() > 0 && std::time::Instant::now() < drain_until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         tracing::info!("shutting down: closing WebSockets, draining requests");
         self.gate
             .tunnels
@@ -210,7 +298,6 @@ impl BackgroundService for Lifecycle {
         }
         // Pingora sleeps out the whole grace period before stopping; exit as
         // soon as the last in-flight request is done instead.
-        let deadline = std::time::Instant::now() + self.grace;
         while self.gate.requests_in_flight() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -239,7 +326,27 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// Reloads on SIGHUP and when the config file changes.
+/// The files a reload reads that are watched for changes: the config and
+/// the TLS certificates and keys it names.
+fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let s = gate.settings();
+    let mut files = vec![gate.config_path.clone()];
+    if let Some(tls) = &s.config.tls {
+        for c in &tls.certificates.certs {
+            files.push(c.cert_file.clone());
+            files.push(c.key_file.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let t = mtime(&f);
+            (f, t)
+        })
+        .collect()
+}
+
+/// Reloads on SIGHUP and when the config file or a certificate changes.
 async fn watch_config(gate: Arc<Gate>) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -248,7 +355,7 @@ async fn watch_config(gate: Arc<Gate>) {
             None
         }
     };
-    let mut last = mtime(&gate.config_path);
+    let mut last = watched(&gate);
     // A file caught mid-write fails to load; one retry on the next tick
     // picks up the finished file without needing another change.
     let mut retry = false;
@@ -265,12 +372,27 @@ async fn watch_config(gate: Arc<Gate>) {
             _ = hup_fired => true,
             _ = tokio::time::sleep(WATCH_EVERY) => false,
         };
-        let now = mtime(&gate.config_path);
+        let now: Vec<_> = last.iter().map(|(f, _)| (f.clone(), mtime(f))).collect();
         let changed = now != last;
         if by_signal || changed || retry {
-            last = now;
             let ok = reload(&gate);
             retry = !ok && changed && !by_signal;
+            // The new config may name other certificate files.
+            last = if ok { watched(&gate) } else { now };
+        }
+    }
+}
+
+/// Publishes each certificate's expiry on `/metrics`.
+fn export_cert_expiry(gate: &Gate) {
+    let gauge = &gate.metrics.cert_expiry;
+    gauge.reset();
+    if let Some(tls) = &gate.settings().config.tls {
+        for c in &tls.certificates.certs {
+            let name = c.names.first().map_or("", String::as_str);
+            gauge
+                .with_label_values(&[&c.cert_file.display().to_string(), name])
+                .set(c.not_after);
         }
     }
 }
@@ -279,9 +401,19 @@ async fn watch_config(gate: Arc<Gate>) {
 /// new config is in force.
 pub fn reload(gate: &Gate) -> bool {
     let outcome = match load(&gate.config_path) {
+        Ok((cfg, _))
+            if cfg.tls.is_some() != gate.settings().config.tls.is_some()
+                || cfg.clients.proxy_protocol != gate.settings().config.clients.proxy_protocol =>
+        {
+            tracing::error!(
+                "config reload rejected: `tls` added or removed, or `clients.proxy_protocol` changed; listeners are set at start; keeping the old config"
+            );
+            "error"
+        }
         Ok((cfg, users)) => match Settings::new(cfg, users) {
             Ok(s) => {
                 gate.swap_settings(s);
+                export_cert_expiry(gate);
                 tracing::info!(file = %gate.config_path.display(), "config reloaded");
                 "ok"
             }

@@ -190,8 +190,26 @@ impl<'a> Ctx<'a> {
     }
 
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
-        let listen = self.listen(&raw.listen);
-        let admin = raw.admin.map(|a| self.admin(a, &listen));
+        let listen = match &raw.listen {
+            Some(l) => self.listen("listen", l),
+            None => Vec::new(),
+        };
+        let tls = raw.tls.map(|t| self.tls(t, &listen));
+        let tls_listen = tls.as_ref().map_or(0, |t| t.listen.len());
+        if listen.is_empty() && tls_listen == 0 {
+            let what = if raw.listen.is_some() {
+                "`listen` is empty and there is no `tls.listen`"
+            } else {
+                "`listen` (or `tls.listen`) is required"
+            };
+            self.err(
+                "listen",
+                format!("at least one address is required: {what}"),
+            );
+        }
+        let mut all = listen.clone();
+        all.extend(tls.iter().flat_map(|t| t.listen.iter().copied()));
+        let admin = raw.admin.map(|a| self.admin(a, &all));
         Config {
             listen,
             admin,
@@ -202,6 +220,95 @@ impl<'a> Ctx<'a> {
             login: raw.login.map(|l| self.login(l)),
             routes: self.routes(raw.routes),
             server: self.server(raw.server),
+            tls,
+            clients: self.clients(raw.clients),
+        }
+    }
+
+    fn tls(&mut self, raw: RawTls, plain: &[SocketAddr]) -> TlsConfig {
+        let listen = match &raw.listen {
+            Some(l) => self.listen("tls.listen", l),
+            None => {
+                self.err_key("tls", "`tls.listen` is required");
+                Vec::new()
+            }
+        };
+        for (i, a) in listen.iter().enumerate() {
+            if plain.contains(a) {
+                self.err(
+                    &format!("tls.listen[{i}]"),
+                    format!("`{a}` is also a plain `listen` address"),
+                );
+            }
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut certs = Vec::new();
+        match raw.certificates {
+            None => self.err_key("tls", "`tls.certificates` is required"),
+            Some(list) if list.is_empty() => {
+                self.err("tls.certificates", "at least one certificate is required")
+            }
+            Some(list) => {
+                for (i, c) in list.into_iter().enumerate() {
+                    let loaded =
+                        crate::tls::load(Path::new(&c.cert_file), Path::new(&c.key_file), now);
+                    match loaded {
+                        Ok(l) => certs.push(l),
+                        Err(e) => self.err(&format!("tls.certificates[{i}]"), e),
+                    }
+                }
+            }
+        }
+        let min_version = match raw.min_version.as_ref().map(|v| match v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            other => format!("{other:?}"),
+        }) {
+            None => crate::tls::MinVersion::Tls12,
+            Some(v) => self
+                .pick(
+                    "tls.min_version",
+                    &v,
+                    &[
+                        ("1.2", crate::tls::MinVersion::Tls12),
+                        ("1.3", crate::tls::MinVersion::Tls13),
+                    ],
+                )
+                .unwrap_or(crate::tls::MinVersion::Tls12),
+        };
+        let hsts = raw
+            .hsts
+            .and_then(|v| match http::HeaderValue::from_str(&v) {
+                Ok(h) if !v.trim().is_empty() => Some(h),
+                _ => {
+                    self.err("tls.hsts", "must be a non-empty header value");
+                    None
+                }
+            });
+        TlsConfig {
+            listen,
+            certificates: std::sync::Arc::new(crate::tls::CertSet { certs }),
+            http2: raw.http2.unwrap_or(true),
+            min_version,
+            redirect_plain: raw.redirect_plain.unwrap_or(false),
+            hsts,
+        }
+    }
+
+    fn clients(&mut self, raw: Option<RawClients>) -> ClientsConfig {
+        let Some(raw) = raw else {
+            return ClientsConfig::default();
+        };
+        let mut trusted = Vec::new();
+        for (i, c) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            match c.trim().parse::<Cidr>() {
+                Ok(c) => trusted.push(c),
+                Err(why) => self.err(&format!("clients.trusted_proxies[{i}]"), why),
+            }
+        }
+        ClientsConfig {
+            proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            trusted_proxies: trusted,
         }
     }
 
@@ -216,18 +323,15 @@ impl<'a> Ctx<'a> {
         parsed
     }
 
-    fn listen(&mut self, raw: &Addrs) -> Vec<SocketAddr> {
+    fn listen(&mut self, key: &str, raw: &Addrs) -> Vec<SocketAddr> {
         let entries: Vec<(String, &str)> = match raw {
-            Addrs::One(s) => vec![("listen".to_owned(), s.as_str())],
+            Addrs::One(s) => vec![(key.to_owned(), s.as_str())],
             Addrs::Many(all) => all
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (format!("listen[{i}]"), s.as_str()))
+                .map(|(i, s)| (format!("{key}[{i}]"), s.as_str()))
                 .collect(),
         };
-        if entries.is_empty() {
-            self.err("listen", "at least one address is required");
-        }
         let mut out: Vec<SocketAddr> = Vec::new();
         for (path, s) in entries {
             if let Some(addr) = self.socket_addr(&path, s) {
@@ -246,7 +350,7 @@ impl<'a> Ctx<'a> {
         if let Some(addr) = addr.filter(|a| listen.contains(a)) {
             self.err(
                 "admin.listen",
-                format!("`{addr}` is also a proxy `listen` address"),
+                format!("`{addr}` is also a proxy `listen` or `tls.listen` address"),
             );
         }
         AdminConfig {
@@ -946,6 +1050,10 @@ impl<'a> Ctx<'a> {
                 raw.keepalive_timeout.as_deref(),
                 defaults.keepalive_timeout,
             ),
+            pid_file: raw.pid_file.map(PathBuf::from),
+            upgrade_sock: raw
+                .upgrade_sock
+                .map_or(defaults.upgrade_sock, PathBuf::from),
         }
     }
 

@@ -56,7 +56,9 @@ fn strip_marks(message: &str) -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub(super) listen: Addrs,
+    pub(super) listen: Option<Addrs>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) clients: Option<RawClients>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) store: RawStore,
     pub(super) tickets: RawTickets,
@@ -242,12 +244,40 @@ pub(super) struct RawRouteTls {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: Option<Addrs>,
+    pub(super) certificates: Option<Vec<RawCertificate>>,
+    pub(super) http2: Option<bool>,
+    /// `"1.2"` as written, or `1.2` read by YAML as a number.
+    pub(super) min_version: Option<serde_yaml::Value>,
+    pub(super) redirect_plain: Option<bool>,
+    pub(super) hsts: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert_file: String,
+    pub(super) key_file: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClients {
+    pub(super) proxy_protocol: Option<bool>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) threads: Option<i64>,
     pub(super) grace_period: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
     pub(super) header_timeout: Option<String>,
     pub(super) keepalive_timeout: Option<String>,
+    pub(super) pid_file: Option<String>,
+    pub(super) upgrade_sock: Option<String>,
 }
 
 #[derive(Deserialize)]

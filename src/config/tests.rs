@@ -982,3 +982,74 @@ fn sizes_parse_with_binary_and_decimal_units() {
     assert_eq!(parse_bytes("12Mb"), None);
     assert_eq!(parse_bytes("99999999999999GiB"), None);
 }
+
+#[test]
+fn clients_parse_cidrs_and_locate_a_bad_one() {
+    let c = ok(&minimal_with(
+        "clients:\n  proxy_protocol: true\n  trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n",
+    ));
+    assert!(c.clients.proxy_protocol);
+    assert_eq!(c.clients.trusted_proxies.len(), 2);
+    assert!(c.clients.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+    let e = errs(&minimal_with(
+        "clients:\n  trusted_proxies: [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n",
+    ));
+    assert!(
+        only(&e).starts_with("8:35: clients.trusted_proxies[1]: `10.0.0.0/40`: the prefix"),
+        "{}",
+        lines(&e)
+    );
+    // Absent: nothing trusted, no PROXY header.
+    let c = ok(MINIMAL);
+    assert!(!c.clients.proxy_protocol && c.clients.trusted_proxies.is_empty());
+    assert!(c.tls.is_none());
+}
+
+#[test]
+fn tls_keys_are_checked_where_they_are_written() {
+    let e = errs(&minimal_with(
+        "tls:\n  listen: [\"127.0.0.1:6090\"]\n  certificates: []\n  min_version: \"1.1\"\n  hsts: \"\"\n",
+    ));
+    let all = lines(&e);
+    assert!(
+        all.contains("gate.yaml:8:12: tls.listen[0]: `127.0.0.1:6090` is also a plain"),
+        "{all}"
+    );
+    assert!(
+        all.contains("gate.yaml:9:3: tls.certificates: at least one certificate"),
+        "{all}"
+    );
+    assert!(
+        all.contains("gate.yaml:10:16: tls.min_version: unknown value `1.1`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("gate.yaml:11:9: tls.hsts: must be a non-empty header value"),
+        "{all}"
+    );
+    // A certificate file that is not there is named.
+    let e = errs(&minimal_with(
+        "tls:\n  listen: [\"127.0.0.1:6443\"]\n  certificates:\n    - {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}\n",
+    ));
+    assert!(
+        only(&e).contains("tls.certificates[0]: /nonexistent/c.pem: cannot read"),
+        "{}",
+        lines(&e)
+    );
+}
+
+#[test]
+fn listen_may_be_empty_only_with_tls_listen() {
+    let e = errs(&MINIMAL.replace("listen: 127.0.0.1:6090", "listen: []"));
+    assert!(
+        only(&e).contains("at least one address is required"),
+        "{}",
+        lines(&e)
+    );
+    let e = errs(&MINIMAL.replace("listen: 127.0.0.1:6090\n", ""));
+    assert!(
+        only(&e).contains("`listen` (or `tls.listen`) is required"),
+        "{}",
+        lines(&e)
+    );
+}

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod edge;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
