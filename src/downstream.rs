@@ -290,17 +290,22 @@ fn absolute_form(head: BytesMut) -> Target {
         return Target::Refuse("Host differs from the request target's authority");
     }
     // httparse's path is a slice of `head`: splice origin-form in its place.
-    let at = target.as_ptr() as usize - head.as_ptr() as usize;
-    let end = at + target.len();
+    let at = (target.as_ptr() as usize).checked_sub(head.as_ptr() as usize);
+    let (Some(before), Some(after)) = (
+        at.and_then(|at| head.get(..at)),
+        at.and_then(|at| head.get(at + target.len()..)),
+    ) else {
+        return Target::Keep(head);
+    };
     let origin: &[u8] = if path_and_query.is_empty() {
         b"/"
     } else {
         path_and_query
     };
     let mut out = BytesMut::with_capacity(head.len());
-    out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(before);
     out.extend_from_slice(origin);
-    out.extend_from_slice(&head[end..]);
+    out.extend_from_slice(after);
     Target::Keep(out)
 }
 
