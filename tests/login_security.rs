@@ -61,6 +61,8 @@ struct Opts<'a> {
     sessions: &'a str,
     /// `None`: the standard (expensive) users file.
     users: Option<&'a [(&'a str, &'a str, &'a str, &'a str)]>,
+    /// A login delegate instead of the users file.
+    delegate: Option<SocketAddr>,
     args: &'a [&'a str],
 }
 
@@ -71,6 +73,7 @@ impl Default for Opts<'_> {
             login_extra: "",
             sessions: "",
             users: Some(&[("alice", "wonderland", "u-alice", "{tier: gold}")]),
+            delegate: None,
             args: &[],
         }
     }
@@ -97,7 +100,16 @@ async fn start(o: Opts<'_>) -> Env {
         .login_extra(o.login_extra);
     let yaml = setup.yaml(listen, admin, &users);
     assert!(yaml.contains(STANDARD_LIMITS), "{yaml}");
-    let yaml = yaml.replacen(STANDARD_LIMITS, o.limits, 1);
+    let mut yaml = yaml.replacen(STANDARD_LIMITS, o.limits, 1);
+    if let Some(d) = o.delegate {
+        let users_line = format!("  users_file: {}\n", users.display());
+        assert!(yaml.contains(&users_line), "{yaml}");
+        yaml = yaml.replacen(
+            &users_line,
+            &format!("  delegate: {{url: \"http://{d}/verify\"}}\n"),
+            1,
+        );
+    }
     let gate = Gate::start_yaml(dir, &yaml, listen, admin, o.args).await;
     Env {
         _redis: redis,
@@ -181,6 +193,68 @@ async fn a_credential_var_wins_over_a_client_var_differing_only_in_case() {
             ("x-session-var-team".to_owned(), "red".to_owned()),
         ])
     );
+}
+
+/// A login delegate admitting anyone as `u-dana` with the var `orgId: 42`.
+async fn org_delegate() -> Upstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    Upstream::custom(|mut tcp| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The gate sends Content-Length and then waits: read the head and that many bytes.
+        loop {
+            let Ok(n) = tcp.read(&mut chunk).await else { return };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+            let Some(end) = text.find("\r\n\r\n") else { continue };
+            let len: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+        let body = r#"{"id":"u-dana","vars":{"orgId":"42"}}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tcp.write_all(resp.as_bytes()).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegate_var_wins_over_a_client_var_differing_only_in_case() {
+    let delegate = org_delegate().await;
+    let e = start(Opts {
+        delegate: Some(delegate.addr),
+        ..Opts::default()
+    })
+    .await;
+    let r = e
+        .gate
+        .post(
+            "/_session/login",
+            None,
+            &login_body("dana", "pw", json!({"ORGID": "1337"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["session"]["vars"], json!({"orgId": "42"}));
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let up = e.gate.get("/controller/shop/x", Some(&ticket)).await;
+    let vars: Vec<(String, String)> = up
+        .upstream_headers()
+        .into_iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().starts_with("x-session-var-"))
+        .collect();
+    assert_eq!(vars, [("x-session-var-orgid".to_owned(), "42".to_owned())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,7 +76,11 @@ impl Redis {
 
     /// A redis-server with extra arguments (e.g. `--replicaof 127.0.0.1 P`).
     pub async fn spawn_with(port: u16, extra: &[&str]) -> Redis {
+        // Its own working directory: a replica's full sync makes the master
+        // write dump.rdb to its cwd, and a redis-server started in a folder
+        // holding one loads it, so a shared cwd leaks sessions between tests.
         let child = Command::new("redis-server")
+            .current_dir(scratch_dir("redis"))
             .args(extra)
             .args([
                 "--port",
