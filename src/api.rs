@@ -141,6 +141,10 @@ async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
             allow("GET", m == Method::GET)?;
             list(gate, s, req).await
         }
+        "/openapi.json" => {
+            allow("GET", m == Method::GET)?;
+            Ok(crate::openapi::response())
+        }
         other => {
             let tail = other.strip_prefix('/').unwrap_or(other);
             match tail.split_once('/') {
