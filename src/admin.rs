@@ -53,6 +53,11 @@ async fn route(
         }
     };
     match path {
+        // The operator's page; it holds the token in memory and calls the API.
+        "/" | "/index.html" => {
+            get_only(method == Method::GET)?;
+            Ok(crate::pages::admin_page())
+        }
         "/healthz" => {
             get_only(method == Method::GET)?;
             Ok(text(200, "ok\n"))
@@ -85,7 +90,7 @@ async fn route(
     }
 }
 
-fn authorize(gate: &Gate, headers: &HeaderMap) -> Result<(), Reject> {
+pub(crate) fn authorize(gate: &Gate, headers: &HeaderMap) -> Result<(), Reject> {
     let presented = bearer(headers).ok_or(Reject::MissingTicket)?;
     let settings = gate.settings();
     let expected = settings

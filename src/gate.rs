@@ -336,6 +336,12 @@ impl Gate {
         })
     }
 
+    /// Every status change the store publishes (from any node), for
+    /// listeners outside the gate such as the admin event stream.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<crate::session::Event> {
+        self.store.events()
+    }
+
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()
     }
