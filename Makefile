@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # drives the benchmark. (deploy/check.sh brings PyYAML itself.)
 APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
 
-.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws clean
+.PHONY: help deps build build-release demo test test-unit test-js lint check-conf bench bench-ws clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
@@ -31,6 +31,7 @@ deps:
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -67,6 +68,12 @@ test: build check-conf
 	else \
 		$(CARGO) test --locked --no-fail-fast -- --test-threads 8; \
 	fi
+	$(MAKE) test-js
+
+# The SDK (clients/js): npm ci from the lockfile, typecheck, lint, build, then
+# its tests in Node and headless Chromium against the debug binary (about a minute).
+test-js: build
+	cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm run lint && npm run build && npm test
 
 # Only the binaries the bench runs: a release build of every test binary
 # with fat LTO would take many minutes.
