@@ -83,6 +83,11 @@ async fn route(
             Ok(r)
         }
         p if p.starts_with("/admin/") => {
+            // A wrong method is told as such before the token is asked for,
+            // as on /_session.
+            if let Some(allow) = allowed(p).filter(|a| *a != method.as_str()) {
+                return Err(Reject::MethodNotAllowed(allow));
+            }
             authorize(gate, headers)?;
             admin_api(gate, method, p, query).await
         }
@@ -164,6 +169,16 @@ async fn admin_api(
             Ok(Response::json(200, &json!({"revoked": n})))
         }
         _ => Err(Reject::NotFound),
+    }
+}
+
+/// The one method an admin API path answers, if it is one.
+fn allowed(path: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["admin", "sessions"] | ["admin", "events"] => Some("GET"),
+        ["admin", "sessions", _, "revoke"] | ["admin", "users", _, "revoke"] => Some("POST"),
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::Response;
+use crate::reject::Reject;
 
 pub const ADMIN_HTML: &str = include_str!("pages/admin.html");
 pub const DEMO_HTML: &str = include_str!("pages/demo.html");
@@ -50,13 +51,17 @@ pub async fn serve_demo(listener: TcpListener) {
 async fn demo_conn(mut stream: TcpStream) {
     let mut buf = Vec::with_capacity(2048);
     loop {
-        let (len, path) = loop {
+        let (len, method, path) = loop {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut hs);
             match req.parse(&buf) {
-                // Page requests are GETs without bodies; anything else is not ours.
+                // Page requests are GETs without bodies; anything else is refused.
                 Ok(httparse::Status::Complete(n)) => {
-                    break (n, req.path.unwrap_or("").to_owned());
+                    break (
+                        n,
+                        req.method.unwrap_or("").to_owned(),
+                        req.path.unwrap_or("").to_owned(),
+                    );
                 }
                 Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
                 _ => return,
@@ -68,20 +73,49 @@ async fn demo_conn(mut stream: TcpStream) {
             }
         };
         buf.drain(..len);
-        let (status, ctype, body) = match demo_asset(&path) {
-            Some((t, b)) => ("200 OK", t, b),
-            None => ("404 Not Found", "text/plain; charset=utf-8", "not found\n"),
-        };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\r\n",
-            body.len()
-        );
-        if stream.write_all(head.as_bytes()).await.is_err()
-            || stream.write_all(body.as_bytes()).await.is_err()
-        {
+        let out = demo_answer(&method, &path);
+        if stream.write_all(&out).await.is_err() {
             return;
         }
     }
+}
+
+/// The whole HTTP answer to one demo page request. Paths that are not the
+/// page's get the gate's own `no_route` answer, so `/` behind the gate reads
+/// like the gate everywhere else.
+fn demo_answer(method: &str, path: &str) -> Vec<u8> {
+    let (status, extra, ctype, body): (&str, &str, &str, Vec<u8>) = match demo_asset(path) {
+        Some((t, b)) if method == "GET" || method == "HEAD" => (
+            "200 OK",
+            "Cache-Control: no-cache\r\n",
+            t,
+            b.as_bytes().to_vec(),
+        ),
+        Some(_) => {
+            let r = Reject::MethodNotAllowed("GET");
+            (
+                "405 Method Not Allowed",
+                "Allow: GET\r\n",
+                "application/json",
+                r.body(),
+            )
+        }
+        None => (
+            "404 Not Found",
+            "",
+            "application/json",
+            Reject::NoRoute.body(),
+        ),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(&body);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -97,5 +131,33 @@ mod tests {
         assert_eq!(demo_asset("/sessiongate.js?v=1").map(|a| a.1), Some(SDK_JS));
         assert_eq!(demo_asset("/etc/passwd"), None);
         assert!(DEMO_HTML.contains("/sessiongate.js"));
+    }
+
+    #[test]
+    fn other_paths_and_methods_answer_like_the_gate() {
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        let page = text(demo_answer("GET", "/"));
+        assert!(
+            page.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"),
+            "{page}"
+        );
+        let post = text(demo_answer("POST", "/"));
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{post}"
+        );
+        assert!(
+            post.contains("\r\nAllow: GET\r\n")
+                && post.ends_with(
+                    r#""error":"method_not_allowed","message":"method not allowed; allowed: GET"}"#
+                ),
+            "{post}"
+        );
+        let missing = text(demo_answer("GET", "/healthz"));
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json"),
+            "{missing}"
+        );
+        assert!(missing.contains(r#"{"error":"no_route""#), "{missing}");
     }
 }
