@@ -310,5 +310,7 @@ export class Gateway extends Emitter {
       this.#timer = null;
       if (gen === this.#generation && !this.#stopped) void this.#open(check);
     }, delay);
+    // In Node a pending reconnect alone does not keep the process alive.
+    (this.#timer as { unref?: () => void }).unref?.();
   }
 }

@@ -354,8 +354,9 @@ export class Session extends Emitter {
       // Already over, or never there: logged out all the same.
       if (!(err instanceof SessionGateError && err.status === 401)) throw err;
     }
+    // The gate's 4401 to this client's own sockets may have ended it already.
     if (this.#record?.status === "active") this.#dead("ended", "logout");
-    else this.#forget();
+    else if (!this.#record) this.#forget();
   }
 
   /** The current user and session; with none alive, `userCtx.name` is null. */
@@ -666,6 +667,7 @@ export class Session extends Emitter {
   /** Takes a record as the current state; one `change` when anything a user sees moved. */
   #set(s: WireSession, user: WireUser | null, ticket: string | null, reason: ChangeReason): void {
     const wasActive = this.#active();
+    const switched = wasActive && this.#record?.id !== s.id;
     this.#record = this.#resource(s, user ?? undefined);
     this.#user = user;
     this.#ticket = ticket;
@@ -674,7 +676,12 @@ export class Session extends Emitter {
       return;
     }
     this.#schedule(reason === "refresh");
-    if (!wasActive) for (const gw of Object.values(this.gateway)) gw.connect();
+    for (const gw of Object.values(this.gateway)) {
+      // Sockets opened for another session must not outlive the switch: its
+      // end (a 4401) would read as this one's.
+      if (switched) gw.park();
+      if (!wasActive || switched) gw.connect();
+    }
     this.#changed(reason);
   }
 

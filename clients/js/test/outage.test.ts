@@ -35,17 +35,28 @@ describe("outages", () => {
     await until("open", () => gw.state === "open");
     const closes: number[] = [];
     let opens = 0;
+    const retries: Array<{ attempt: number; delay: number }> = [];
+    gw.on("reconnecting", (r: { attempt: number; delay: number }) => retries.push(r));
     gw.on("close", (c: { code: number }) => closes.push(c.code));
     gw.on("open", () => opens++);
     await gate.stop();
     await until("close seen", () => closes.length >= 1);
     expect(closes[0]).toBe(1001); // going away: a restart, not the session's end
     expect(["reconnecting", "connecting"]).toContain(gw.state);
-    gw.emit("after", { n: 1 }); // queued while the gate is down
-    await gate.start();
+    // Listening before the restart: the gateway may be back before start() returns.
     const echoed = new Promise((ok) => gw.once("after", ok));
+    gw.emit("after", { n: 1 }); // queued while the gate is down
+    expect(gw.queued).toBe(1);
+    await gate.start();
     await until("reopened", () => gw.state === "open" && opens >= 1, 15_000);
     expect(await echoed).toEqual({ n: 1 });
+    // Backoff: attempts numbered from 1, each delay within [step/2, step] of 50 ms doubling, capped at 300.
+    expect(retries[0]?.attempt).toBe(1);
+    retries.forEach((r, i) => {
+      const step = Math.min(300, 50 * 2 ** i);
+      expect(r.delay).toBeGreaterThanOrEqual(step / 2);
+      expect(r.delay).toBeLessThanOrEqual(step);
+    });
     expect(s.status).toBe("active");
     expect(gw.ended).toBeNull();
     s.dispose();

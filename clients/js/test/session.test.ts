@@ -31,6 +31,10 @@ const USERS = [
   "kim",
   "leo",
   "mallory",
+  "nina",
+  "oscar",
+  "paul",
+  "quinn",
 ];
 
 beforeAll(async () => {
@@ -230,6 +234,32 @@ describe("refresh", () => {
   });
 });
 
+describe("refresh, by the timer and by info()", () => {
+  it("refreshes by itself refreshBefore seconds before exp, with no call waiting", async () => {
+    // ttl is 1 h: with refreshBefore 3599 s the ticket is due one second after login.
+    const s = session({ refreshBefore: 3599 });
+    await s.login({ username: "nina", password: "pw" });
+    const first = (s.expireAt as Date).getTime();
+    const seen = changes(s);
+    await until("a refresh by the timer", () => seen.some((e) => e.reason === "refresh"), 5000);
+    expect((s.expireAt as Date).getTime()).toBeGreaterThan(first);
+    s.dispose();
+  });
+
+  it("info() emits change when it finds the session moved (refreshed by another client)", async () => {
+    const s = session();
+    await s.login({ username: "oscar", password: "pw" });
+    const seen = changes(s);
+    const before = (s.expireAt as Date).getTime();
+    await new Auth({ host: gate.http }).refresh(s.ticket as string);
+    const info = await s.info();
+    expect(info.session?.expireAt.getTime()).toBeGreaterThan(before);
+    expect(seen.map((e) => [e.reason, e.status])).toEqual([["info", "active"]]);
+    expect((s.expireAt as Date).getTime()).toBe(info.session?.expireAt.getTime());
+    s.dispose();
+  });
+});
+
 describe("gateways and controllers", () => {
   it("session.gateway.<name>.on/emit speak {event, data}; other frames are `message`", async () => {
     const s = session({ gateway: "chat", controller: "echo" });
@@ -296,6 +326,47 @@ describe("gateways and controllers", () => {
     expect(() => gw.emit("x", 1)).toThrow(expect.objectContaining({ code: "session_ended" }));
     a.dispose();
     b.dispose();
+  });
+
+  it("off() removes a listener; close() ends the gateway for good; ws is loaded when no WebSocket is given", async () => {
+    // No WebSocket option: Node 20 has no global one, so the SDK imports `ws`.
+    const s = new Session({ host: gate.ws, gateway: "chat" });
+    await s.login({ username: "paul", password: "pw" });
+    const gw = s.gateway.chat;
+    if (!gw) throw new Error("no gateway");
+    const kept: unknown[] = [];
+    const dropped: unknown[] = [];
+    const drop = (d: unknown) => dropped.push(d);
+    gw.on("e", (d: unknown) => kept.push(d));
+    gw.on("e", drop);
+    gw.off("e", drop);
+    gw.emit("e", 1);
+    await until("echo", () => kept.length === 1);
+    expect(dropped).toEqual([]);
+    gw.close();
+    expect(gw.state).toBe("closed");
+    expect(() => gw.emit("e", 2)).toThrow(expect.objectContaining({ code: "closed" }));
+    s.dispose();
+  });
+
+  it("a new login on the same Session moves its gateways to the new session", async () => {
+    const s = session({ gateway: "chat" });
+    await s.login({ username: "quinn", password: "pw" });
+    const gw = s.gateway.chat;
+    if (!gw) throw new Error("no gateway");
+    let opens = 0;
+    gw.on("open", () => opens++);
+    await until("open", () => opens === 1);
+    const old = s.id as string;
+    await s.login({ username: "quinn", password: "pw" });
+    await until("reopened for the new session", () => opens === 2);
+    expect((await gate.adminCall("POST", `/admin/sessions/${old}/revoke`)).status).toBe(200);
+    const echoed = new Promise((ok) => gw.once("still", ok));
+    gw.emit("still", "here");
+    expect(await echoed).toBe("here");
+    expect(s.status).toBe("active");
+    expect(s.id).not.toBe(old);
+    s.dispose();
   });
 
   it("Auth and Connection for those who hold the ticket", async () => {
@@ -405,13 +476,18 @@ describe("the gate's admin event stream", () => {
     const s = session();
     await s.login({ username: "kim", password: "pw" });
     await s.logout();
-    while (!/event: session\ndata: .*\n\n/.test(buf)) {
+    // Other tests' sessions may still be heard (events travel through Redis):
+    // read until this session's one.
+    const mine = () =>
+      [...buf.matchAll(/event: session\ndata: (.*)\n\n/g)]
+        .map((m) => JSON.parse(m[1] ?? "{}"))
+        .find((e) => e.sid === s.id);
+    while (!mine()) {
       const { value, done } = await reader.read();
       if (done) break;
       buf += value;
     }
-    const m = /event: session\ndata: (.*)\n\n/.exec(buf);
-    const ev = JSON.parse(m?.[1] ?? "{}");
+    const ev = mine();
     expect(Object.keys(ev).sort()).toEqual(["at", "sid", "status", "userId"]);
     expect([ev.sid, ev.userId, ev.status]).toEqual([s.id, "u-kim", "ended"]);
     expect(Number.isNaN(Date.parse(ev.at))).toBe(false);
