@@ -70,10 +70,11 @@ test: build check-conf
 	fi
 	$(MAKE) test-js
 
-# The SDK (clients/js): npm ci from the lockfile, typecheck, lint, build, then
+# The SDK (clients/js): npm ci from the lockfile, build (the tests load the
+# package by its name), typecheck, lint, then
 # its tests in Node and headless Chromium against the debug binary (about a minute).
 test-js: build
-	cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm run lint && npm run build && npm test
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run typecheck && npm run lint && npm test
 
 # Only the binaries the bench runs: a release build of every test binary
 # with fat LTO would take many minutes.

@@ -135,6 +135,8 @@ export interface GateOptions {
   /** YAML for `login.rate_limit`. */
   rateLimit?: string;
   ttl?: string;
+  /** More gateway/controller names routed to the echo upstreams. */
+  names?: string[];
 }
 
 export class Gate {
@@ -193,7 +195,22 @@ routes:
     strip_prefix: true
     upstreams: ["127.0.0.1:${opts.echo.http}"]
     auth: required
+${(opts.names ?? [])
+  .map(
+    (n) => `  - name: gw-${n}
+    kind: gateway
+    path: /gateway/${n}
+    upstreams: ["127.0.0.1:${opts.echo.ws}"]
+    auth: required
+  - name: ctl-${n}
+    kind: controller
+    path: /controller/${n}
+    strip_prefix: true
+    upstreams: ["127.0.0.1:${opts.echo.http}"]
+    auth: required
 `,
+  )
+  .join("")}`,
     );
   }
 
