@@ -184,6 +184,15 @@ describe("admin page", () => {
     await page.waitForSelector(`#sessions tr[data-id="${sid}"] .status.revoked`);
     await page.waitForFunction(() => document.getElementById("events")?.textContent?.includes("revoked"));
     await page.screenshot({ path: join(ARTIFACTS, "admin.png"), fullPage: true });
+    // Revoke all: a fresh login in the watching tab, then the user's every session.
+    await watcher.waitForFunction(() => window.demo.session.status === "revoked");
+    const again = await login(watcher);
+    await page.click("#load");
+    await page.waitForSelector(`#sessions tr[data-id="${again}"] .status.active`);
+    await page.click("#revoke-all");
+    await waitStatus(watcher, "revoked");
+    await page.waitForSelector(`#sessions tr[data-id="${again}"] .status.revoked`);
+    expect(await page.locator("#sessions .status.active").count()).toBe(0);
     // The token was never written anywhere the browser keeps.
     expect(await page.evaluate(() => [localStorage.length, sessionStorage.length, document.cookie])).toEqual([
       0,
