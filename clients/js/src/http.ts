@@ -83,14 +83,18 @@ export async function call(fetchImpl: FetchLike, method: string, url: string, op
   }
   const text = await res.text().catch(() => "");
   let body: unknown = text === "" ? undefined : text;
+  const ok = res.status >= 200 && res.status < 300;
   if (text !== "" && (res.headers.get("content-type") ?? "").includes("json")) {
     try {
       body = JSON.parse(text);
     } catch {
+      // A success that says JSON but is not: nothing the caller can use.
+      if (ok)
+        throw new SessionGateError("bad_response", `${method} ${url}: the JSON answer does not parse`, res.status);
       body = text;
     }
   }
-  if (res.status >= 200 && res.status < 300) return { status: res.status, headers: res.headers, body };
+  if (ok) return { status: res.status, headers: res.headers, body };
   const e = body as { error?: unknown; message?: unknown } | undefined;
   const code = typeof e?.error === "string" ? e.error : `http_${res.status}`;
   const message = typeof e?.message === "string" ? e.message : `${method} ${url}: ${res.status}`;
