@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # browser test of the __Host- cookie over HTTPS. (deploy/check.sh brings PyYAML itself.)
 APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk nghttp2-client chromium
 
-.PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws bench-login bench-tickets chaos clean
+.PHONY: help deps build build-release demo test test-unit test-js lint check-conf bench bench-ws bench-login bench-tickets chaos clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
@@ -74,6 +74,13 @@ test: build check-conf
 	else \
 		$(CARGO) test --locked --no-fail-fast -- --test-threads 8; \
 	fi
+	$(MAKE) test-js
+
+# The SDK (clients/js): npm ci from the lockfile, build (the tests load the
+# package by its name), typecheck, lint, then
+# its tests in Node and headless Chromium against the debug binary (about a minute).
+test-js: build
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run typecheck && npm run lint && npm test
 
 # Only the binaries the bench runs: a release build of every test binary
 # with fat LTO would take many minutes.

@@ -54,6 +54,11 @@ async fn route(
         }
     };
     match path {
+        // The operator's page; it holds the token in memory and calls the API.
+        "/" | "/index.html" => {
+            get_only(method == Method::GET)?;
+            Ok(crate::pages::admin_page())
+        }
         "/healthz" => {
             get_only(method == Method::GET)?;
             Ok(text(200, "ok\n"))
@@ -79,6 +84,11 @@ async fn route(
             Ok(r)
         }
         p if p.starts_with("/admin/") => {
+            // A wrong method is told as such before the token is asked for,
+            // as on /_session.
+            if let Some(allow) = allowed(p).filter(|a| *a != method.as_str()) {
+                return Err(Reject::MethodNotAllowed(allow));
+            }
             authorize(gate, headers)?;
             admin_api(gate, method, p, query).await
         }
@@ -86,7 +96,7 @@ async fn route(
     }
 }
 
-fn authorize(gate: &Gate, headers: &HeaderMap) -> Result<(), Reject> {
+pub(crate) fn authorize(gate: &Gate, headers: &HeaderMap) -> Result<(), Reject> {
     let presented = bearer(headers).ok_or(Reject::MissingTicket)?;
     let settings = gate.settings();
     let expected = settings
@@ -168,4 +178,14 @@ fn decode(raw: &str) -> Result<String, Reject> {
         tracing::info!(id = ?raw, "admin request refused: {e}");
         Reject::BadRequest(e.to_string())
     })
+}
+
+/// The one method an admin API path answers, if it is one.
+fn allowed(path: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["admin", "sessions"] | ["admin", "events"] => Some("GET"),
+        ["admin", "sessions", _, "revoke"] | ["admin", "users", _, "revoke"] => Some("POST"),
+        _ => None,
+    }
 }

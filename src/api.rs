@@ -117,6 +117,7 @@ enum Endpoint {
     List,
     End(String),
     Remove(String),
+    OpenApi,
 }
 
 /// The endpoint for a path under `/_session` (404) and a method (405).
@@ -156,6 +157,10 @@ fn endpoint(rest: &str, m: &Method) -> Result<Endpoint, Reject> {
             allow("GET", m == Method::GET)?;
             Endpoint::List
         }
+        "/openapi.json" => {
+            allow("GET", m == Method::GET)?;
+            Endpoint::OpenApi
+        }
         other => {
             let tail = other.strip_prefix('/').unwrap_or(other);
             match tail.split_once('/') {
@@ -193,6 +198,7 @@ async fn route(gate: &Gate, s: &Settings, req: &ApiRequest<'_>) -> Result<Respon
         Endpoint::List => list(gate, s, req).await,
         Endpoint::End(id) => end_or_remove(gate, s, req, &id, Status::Ended).await,
         Endpoint::Remove(id) => end_or_remove(gate, s, req, &id, Status::Removed).await,
+        Endpoint::OpenApi => Ok(crate::openapi::response()),
     }
 }
 

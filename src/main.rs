@@ -333,10 +333,43 @@ impl pingora::services::background::BackgroundService for EchoService {
     }
 }
 
+/// Serves the embedded demo page (`sessiongate::pages`) for `demo`.
+struct PageService(std::sync::Mutex<Option<std::net::TcpListener>>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for PageService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let listener = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .and_then(|l| tokio::net::TcpListener::from_std(l).ok());
+        let Some(l) = listener else {
+            tracing::error!("demo page could not start");
+            return;
+        };
+        tokio::select! {
+            _ = sessiongate::pages::serve_demo(l) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 fn demo(listen: &str, admin: &str, http_echo: &str, ws_echo: &str) -> ExitCode {
     let (h, w) = match (bind(http_echo), bind(ws_echo)) {
         (Ok(h), Ok(w)) => (h, w),
         (Err(c), _) | (_, Err(c)) => return c,
+    };
+    // The demo page's own upstream: a free loopback port, reached only through
+    // the gate's public `/` route.
+    let page = match bind("127.0.0.1:0") {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let page_addr = match page.local_addr() {
+        Ok(a) => a,
+        Err(_) => return ExitCode::FAILURE,
     };
     let dir = std::env::temp_dir().join(format!("sessiongate-demo-{}", std::process::id()));
     let users_file = dir.join("users.yaml");
@@ -385,6 +418,11 @@ routes:
     path: /public
     upstreams: ["{http_echo}"]
     auth: public
+  - name: page
+    kind: controller
+    path: /
+    upstreams: ["{page_addr}"]
+    auth: public
 "#,
         secret = ticket::new_secret(),
         users = users_file.display(),
@@ -409,7 +447,8 @@ routes:
     };
     println!(
         r#"sessiongate demo
-  gate   http://{listen}     admin http://{admin} (token: demo-admin-token)
+  page   http://{listen}/    (the demo page: log in as demo / demo; open it in two tabs)
+  gate   http://{listen}     admin http://{admin} (token: demo-admin-token; its page at /)
   config {config}
   user   demo / demo (roles: player, vars: tier=gold)
 
@@ -436,10 +475,15 @@ Try:
         http: std::sync::Mutex::new(Some(h)),
         ws: std::sync::Mutex::new(Some(w)),
     };
+    let page = PageService(std::sync::Mutex::new(Some(page)));
     let extra: server::Extra = Box::new(move |srv: &mut pingora::server::Server| {
         srv.add_service(pingora::services::background::background_service(
             "demo-echo",
             echo,
+        ));
+        srv.add_service(pingora::services::background::background_service(
+            "demo-page",
+            page,
         ));
     });
     match server::run(config_file, cfg, users, Some(extra), false) {

@@ -9,10 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::apps::http_app::ServeHttp;
 use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -183,7 +181,7 @@ pub fn run(
     if let Some(a) = admin {
         let mut svc = Service::new(
             "admin".into(),
-            AdminApp {
+            crate::events::AdminServer {
                 gate: Arc::clone(&gate),
             },
         );
@@ -209,33 +207,6 @@ pub fn run(
         "sessiongate starting"
     );
     server.run_forever();
-}
-
-struct AdminApp {
-    gate: Arc<Gate>,
-}
-
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, http: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let req = http.req_header();
-        let resp = crate::admin::handle(
-            &self.gate,
-            &req.method,
-            req.uri.path(),
-            req.uri.query(),
-            &req.headers,
-        )
-        .await;
-        let mut b = http::Response::builder().status(resp.status);
-        for (k, v) in resp.headers {
-            b = b.header(k, v);
-        }
-        let len = resp.body.len();
-        b.header(http::header::CONTENT_LENGTH, len)
-            .body(resp.body)
-            .unwrap_or_else(|_| http::Response::new(Vec::new()))
-    }
 }
 
 const WATCH_EVERY: Duration = Duration::from_secs(1);
