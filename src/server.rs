@@ -179,11 +179,15 @@ pub fn run(
     }
 
     if let Some(a) = admin {
+        // SPEC 3: with proxy_protocol every listener, this one included,
+        // takes a PROXY header first (a balancer's health check sends a v1
+        // UNKNOWN or v2 LOCAL one).
+        let admin_app = Arc::new(crate::events::AdminServer {
+            gate: Arc::clone(&gate),
+        });
         let mut svc = Service::new(
             "admin".into(),
-            crate::events::AdminServer {
-                gate: Arc::clone(&gate),
-            },
+            EdgeApp::new(admin_app, None, proxy_protocol),
         );
         svc.add_tcp(&a.listen.to_string());
         server.add_service(svc);

@@ -336,6 +336,21 @@ async fn proxy_protocol_v1_and_v2_give_the_client_address() {
         via_proxy_header(addr, b"PROXY TCP4 192.0.2.11 127.0.0.1 1 2\r\n").await,
         Some("192.0.2.11".into())
     );
+
+    // Every listener, the admin one too (SPEC 3): without a header the
+    // connection is closed unanswered; behind one (a balancer's UNKNOWN
+    // health check included) it serves.
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert!(http(e.gate.admin, healthz).await.is_err());
+    for header in [
+        "PROXY TCP4 192.0.2.12 127.0.0.1 1 2\r\n",
+        "PROXY UNKNOWN\r\n",
+    ] {
+        let r = http(e.gate.admin, &format!("{header}{healthz}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{header}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -660,6 +660,10 @@ pub struct Gate {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// With `clients.proxy_protocol: true` every listener, the admin one
+    /// included, wants a PROXY header first: the harness's own admin
+    /// requests (readiness, metrics, the admin API) send one.
+    admin_prefix: String,
 }
 
 impl Gate {
@@ -700,6 +704,11 @@ impl Gate {
             dir,
             config,
             log,
+            admin_prefix: if yaml.contains("proxy_protocol: true") {
+                format!("PROXY TCP4 127.0.0.1 127.0.0.1 40000 {admin}\r\n")
+            } else {
+                String::new()
+            },
         };
         g.wait_ready().await;
         g
@@ -707,10 +716,12 @@ impl Gate {
 
     async fn wait_ready(&mut self) {
         let addr = self.admin;
+        let probe = format!(
+            "{}GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            self.admin_prefix
+        );
         let ok = eventually(Duration::from_secs(20), || async {
-            let r = http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .ok()?;
+            let r = http(addr, &probe).await.ok()?;
             (r.status == 200).then_some(())
         })
         .await;
@@ -813,7 +824,8 @@ impl Gate {
         http(
             self.admin,
             &format!(
-                "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n"
+                "{}{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n",
+                self.admin_prefix
             ),
         )
         .await
