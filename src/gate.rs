@@ -726,9 +726,11 @@ impl Gate {
     ) -> Result<Option<Session>, StoreError> {
         let out = self.store.set_status(sid, status, now, rules).await;
         // Even a failed call may have been applied (a timeout after the
-        // write): forgetting costs one round trip at most.
+        // write): the cache is dropped whatever the outcome (one round trip
+        // at most), tunnels only for a status the store confirmed; if the
+        // write did land, its event (or the sweeper) ends them.
         let seen = out.as_ref().ok().and_then(|s| s.as_ref().map(|s| s.status));
-        self.invalidate(sid, seen.or(Some(status)));
+        self.invalidate(sid, seen);
         out
     }
 

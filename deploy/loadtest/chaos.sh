@@ -111,7 +111,7 @@ start_gate() { # node listen admin
     echo $!
 }
 pid_a=$(start_gate a "$p_a" "$p_aa")
-pid_b=$(start_gate b "$p_b" "$p_ba")
+start_gate b "$p_b" "$p_ba" >/dev/null
 wait_for "gate a" curl -sf "http://127.0.0.1:$p_aa/readyz"
 wait_for "gate b" curl -sf "http://127.0.0.1:$p_ba/readyz"
 
