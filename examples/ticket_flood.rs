@@ -135,7 +135,8 @@ async fn run(args: Args) -> Result<bool, String> {
                 // Distinct text per request: its own iat (in the past) and a var naming it.
                 let mut c = base.clone();
                 c.iat = now_secs.saturating_sub(i % 86_400);
-                c.vars.insert("flood".into(), format!("{i:020}-{}", "x".repeat(300)));
+                c.vars
+                    .insert("flood".into(), format!("{i:020}-{}", "x".repeat(300)));
                 let Ok(ticket) = ring.sign(&c) else {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -212,9 +213,8 @@ async fn run(args: Args) -> Result<bool, String> {
 
 /// One keep-alive GET; true on a 200 read to its end.
 async fn request(s: &mut BufReader<TcpStream>, path: &str, ticket: &str) -> bool {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: flood\r\nAuthorization: Bearer {ticket}\r\n\r\n"
-    );
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: flood\r\nAuthorization: Bearer {ticket}\r\n\r\n");
     if s.get_mut().write_all(req.as_bytes()).await.is_err() {
         return false;
     }
