@@ -9,15 +9,17 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: cmake + a C toolchain build Pingora's zlib-ng; redis-server
 # (with redis-cli) runs under the tests, openssl makes their throwaway TLS CA; wrk
-# drives the benchmark. (deploy/check.sh brings PyYAML itself.)
-APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk
+# drives the benchmark, and nginx with its Lua module and Redis client are the bench's
+# comparison rows (the bench starts its own nginx processes, never the system's).
+# (deploy/check.sh brings PyYAML itself.)
+APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk nginx libnginx-mod-http-lua lua-nginx-redis
 
 .PHONY: help deps build build-release demo test test-unit lint check-conf bench bench-ws clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
 	@echo "make test    - run every test (unit, integration, config and deploy checks)"
-	@echo "make bench   - release benchmark: direct vs public route vs ticket-checked"
+	@echo "make bench   - release benchmark: the gate vs stock Pingora, nginx and nginx+Lua gates"
 	@echo "make lint    - cargo fmt --check and clippy -D warnings"
 
 # Installs only what is missing, so a warm machine pays nothing.
@@ -31,6 +33,9 @@ deps:
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing="$$missing libnginx-mod-http-lua"; \
+	[ -f /usr/share/lua/5.1/nginx/redis.lua ] || missing="$$missing lua-nginx-redis"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -71,13 +76,13 @@ test: build check-conf
 # Only the binaries the bench runs: a release build of every test binary
 # with fat LTO would take many minutes.
 bench: deps
-	$(CARGO) build --release --locked --bin sessiongate --example ws_load
+	$(CARGO) build --release --locked --bin sessiongate --example ws_load --example stock_proxy
 	benches/bench.sh
 
 # 10,000 WebSockets do not fit under this machine's 20,000 open-files cap
 # (two sockets per proxied WebSocket in the gate): 9,000 is the largest run.
 bench-ws: deps
-	$(CARGO) build --release --locked --bin sessiongate --example ws_load
+	$(CARGO) build --release --locked --bin sessiongate --example ws_load --example stock_proxy
 	benches/bench.sh --ws 9000
 
 clean:
