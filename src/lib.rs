@@ -36,6 +36,7 @@ pub mod gate;
 pub mod handshake;
 pub mod health;
 pub mod login;
+pub mod logwriter;
 pub mod metrics;
 pub mod proxy;
 pub mod reject;
