@@ -25,6 +25,9 @@
 # the upstream and of Redis (utime+stime from /proc/PID/stat over the measured requests); then
 # the medians and the ratios the issue sets targets for.
 #
+# --only "stock public ..." times only those rows (the ratios then print only where both sides
+# ran).
+#
 # --profile TARGET (stock, public, ticket, nocache, nginx, lua, areq) instead profiles that one
 # row: wrk -c64 for 12 s while `perf record -e cpu-clock -F 1999 -g` samples its process for 8 s
 # (this VM has no hardware counters), then prints the top of `perf report --no-children --sort
@@ -38,7 +41,7 @@
 # --release --locked --bin sessiongate --example stock_proxy), wrk, redis-server, nginx with
 # libnginx-mod-http-lua and lua-nginx-redis (make deps installs them), curl, python3; with --ws
 # also target/release/examples/ws_load. SESSIONGATE_BIN, STOCK_PROXY and WS_LOAD override the
-# binaries.
+# binaries; STOCK_ARGS adds arguments to stock_proxy (see examples/stock_proxy.rs).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,6 +54,7 @@ conns_list="32 64"
 threads=1
 ws=0
 profile=
+only=
 users=4
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -61,8 +65,9 @@ while [[ $# -gt 0 ]]; do
     --threads) threads=$2 ;;
     --ws) ws=$2 ;;
     --profile) profile=$2 ;;
+    --only) only=$2 ;;
     -h | --help)
-        sed -n '2,43p' "$0"
+        sed -n '2,47p' "$0"
         exit 0
         ;;
     *)
@@ -205,7 +210,9 @@ CONF
 up_pid=$nginx_pid
 wait_for "upstream nginx" tcp_open "$p_up"
 
-"$stock_bin" --listen "127.0.0.1:$p_stock" --upstream "127.0.0.1:$p_up" >"$work/stock.log" 2>&1 &
+# STOCK_ARGS: extra arguments, e.g. "--like-gate timeouts,xf" to price what the gate adds.
+read -r -a stock_args <<<"${STOCK_ARGS:-}"
+"$stock_bin" --listen "127.0.0.1:$p_stock" --upstream "127.0.0.1:$p_up" "${stock_args[@]}" >"$work/stock.log" 2>&1 &
 stock_pid=$!
 pids+=("$stock_pid")
 
@@ -359,12 +366,35 @@ if [[ -n $profile ]]; then
     echo "profile of $profile (${label[$profile]}), load average $(cut -d' ' -f1-3 /proc/loadavg); perf.data kept in $work"
     grep -E 'Requests/sec' "$work/wrk-profile.txt"
     perf report -i "$work/perf.data" --no-children --sort dso,symbol -g none --stdio 2>/dev/null |
-        grep -E '^ +[0-9]' | head -n 45
-    # Keep the work directory (and perf.data) by leaving through the failure path's message.
+        grep -E '^ +[0-9]' | sed -E 's/ +- +- *$//' | head -n 45 || true
+    if command -v strace >/dev/null; then
+        # System calls per request: strace attached over a whole wrk run (strace slows the
+        # process, so only the counts mean anything, not the timings).
+        strace -c -f -p "${own[0]}" -o "$work/strace.txt" &
+        strace_pid=$!
+        sleep 1
+        wrk -t"$threads" -c64 -d4s -H "$auth" -s deploy/loadtest/summary.lua "${url[$profile]}" >"$work/wrk-strace.txt"
+        kill -INT "$strace_pid"
+        wait "$strace_pid" || true
+        n=$(sed -n 's/^SUMMARY requests=\([0-9]*\).*/\1/p' "$work/wrk-strace.txt")
+        echo
+        echo "system calls per request under strace ($n requests):"
+        awk -v n="$n" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" { printf "  %-16s %6.2f\n", $NF, $4 / n }' \
+            "$work/strace.txt" | sort -k2 -gr | head -n 12
+    fi
+    # Keep the work directory (and perf.data): leave without the cleanup's removal.
     trap - EXIT
     for pid in "${pids[@]}" "$gate_pid"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     exit 0
+fi
+
+if [[ -n $only ]]; then
+    read -r -a picked <<<"$only"
+    for name in "${picked[@]}"; do
+        [[ -n ${label[$name]:-} ]] || die "--only: unknown row $name"
+    done
+    targets=("${picked[@]}")
 fi
 
 redis_commands() { redis-cli -p "$p_redis" info stats | awk -F: '/^total_commands_processed:/ { print $2 + 0 }'; }
@@ -483,6 +513,7 @@ for c in $conns_list; do
     for name in "${targets[@]}"; do
         med[rps,$name,$c]=$(median_of rps "$name" "$c")
         med[p99,$name,$c]=$(median_of p99 "$name" "$c")
+        med[cpu,$name,$c]=$(median_of cpu "$name" "$c")
         own_cpu=$(f1 "$(median_of cpu "$name" "$c")")
         [[ -n ${cpu_pids[$name]} ]] || own_cpu=-
         peak=-
@@ -495,20 +526,42 @@ for c in $conns_list; do
 done
 
 echo
-echo "ratios (of the medians; targets from issue 13)"
+echo "ratios of the medians' requests/s (targets from issue 13); cpu: the same ratio in requests per CPU-second"
+# Prints one ratio line: its label, the ratio of two rows' medians, and the verdict when there
+# is a target; "-" when one of the rows did not run (--only).
+ratio_line() {
+    local c=$1 what=$2 a=$3 b=$4 op=${5:-} target=${6:-} v
+    if [[ -z ${med[rps,$a,$c]:-} || -z ${med[rps,$b,$c]:-} ]]; then
+        printf -- '-c%-3s %-36s %7s\n' "$c" "$what" -
+        return
+    fi
+    v=$(ratio "${med[rps,$a,$c]}" "${med[rps,$b,$c]}")
+    # The same comparison in CPU: requests per CPU-second of a over those of b (b's CPU per
+    # request over a's), steadier than throughput on a shared, loaded machine. Rows without a
+    # process of their own (direct) have none.
+    local eff=-
+    if [[ -n ${cpu_pids[$a]} && -n ${cpu_pids[$b]} ]]; then
+        eff=$(ratio "${med[cpu,$b,$c]}" "${med[cpu,$a,$c]}")
+    fi
+    if [[ -n $op ]]; then
+        printf -- '-c%-3s %-36s %7s   cpu %6s   target %s %s: %s\n' "$c" "$what" "$v" "$eff" "$op" "$target" "$(verdict "$v" "$target" "$op")"
+    else
+        printf -- '-c%-3s %-36s %7s   cpu %6s\n' "$c" "$what" "$v" "$eff"
+    fi
+}
 for c in $conns_list; do
-    pub_stock=$(ratio "${med[rps,public,$c]}" "${med[rps,stock,$c]}")
-    tick_pub=$(ratio "${med[rps,ticket,$c]}" "${med[rps,public,$c]}")
-    added=$(awk -v a="${med[p99,ticket,$c]}" -v b="${med[p99,public,$c]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
-    tick_lua=$(ratio "${med[rps,ticket,$c]}" "${med[rps,lua,$c]}")
-    tick_areq=$(ratio "${med[rps,ticket,$c]}" "${med[rps,areq,$c]}")
-    printf -- '-c%-3s %-34s %7s   %s\n' "$c" "public / stock Pingora" "$pub_stock" "target >= 0.95: $(verdict "$pub_stock" 0.95 '>=')"
-    printf -- '-c%-3s %-34s %7s   %s\n' "$c" "ticket / public" "$tick_pub" "target >= 0.95: $(verdict "$tick_pub" 0.95 '>=')"
-    printf -- '-c%-3s %-34s %7s   %s\n' "$c" "p99 added, ticket - public (ms)" "$added" "target <= 0.3: $(verdict "$added" 0.3 '<=')"
-    printf -- '-c%-3s %-34s %7s   %s\n' "$c" "ticket / nginx+Lua+Redis gate" "$tick_lua" "target >= 1.1: $(verdict "$tick_lua" 1.1 '>=')"
-    printf -- '-c%-3s %-34s %7s\n' "$c" "ticket / nginx auth_request" "$tick_areq"
-    printf -- '-c%-3s %-34s %7s\n' "$c" "ticket (no cache) / public" "$(ratio "${med[rps,nocache,$c]}" "${med[rps,public,$c]}")"
-    printf -- '-c%-3s %-34s %7s\n' "$c" "stock Pingora / nginx plain proxy" "$(ratio "${med[rps,stock,$c]}" "${med[rps,nginx,$c]}")"
+    ratio_line "$c" "public / stock Pingora" public stock '>=' 0.95
+    ratio_line "$c" "ticket / public" ticket public '>=' 0.95
+    if [[ -n ${med[p99,ticket,$c]:-} && -n ${med[p99,public,$c]:-} ]]; then
+        added=$(awk -v a="${med[p99,ticket,$c]}" -v b="${med[p99,public,$c]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+        printf -- '-c%-3s %-36s %7s   target <= 0.3: %s\n' "$c" "p99 added, ticket - public (ms)" "$added" "$(verdict "$added" 0.3 '<=')"
+    fi
+    ratio_line "$c" "ticket / nginx+Lua+Redis gate" ticket lua '>=' 1.1
+    ratio_line "$c" "ticket / nginx auth_request" ticket areq
+    ratio_line "$c" "ticket (no cache) / public" nocache public
+    ratio_line "$c" "ticket (no cache) / nginx+Lua gate" nocache lua
+    ratio_line "$c" "public / nginx plain proxy" public nginx
+    ratio_line "$c" "stock Pingora / nginx plain proxy" stock nginx
 done
 
 if ((ws > 0)); then

@@ -7,8 +7,15 @@
 //! cargo build --release --locked --example stock_proxy
 //! target/release/examples/stock_proxy --listen 127.0.0.1:6190 --upstream 127.0.0.1:7101
 //! ```
+//!
+//! `--like-gate` adds, one at a time, what the gate asks of the same engine on its public route
+//! (a comma-separated list): `timeouts` (the route's connect/read/write and idle timeouts on the
+//! peer), `xf` (three `X-Forwarded-*` headers inserted upstream), `uri` (the path rebuilt, as a
+//! stripped prefix does), `l4` (no L4 read buffer on the listener). The bench's `--profile`
+//! notes in README.md use it to split the gate's cost on top of stock Pingora.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Parser;
@@ -31,10 +38,16 @@ struct Args {
     /// Pingora worker threads (the gate's default is 1).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Gate-like extras: any of timeouts,xf,uri,l4 (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    like_gate: Vec<String>,
 }
 
 struct Stock {
     upstream: SocketAddr,
+    timeouts: bool,
+    xf: bool,
+    uri: bool,
 }
 
 #[async_trait]
@@ -43,7 +56,45 @@ impl ProxyHttp for Stock {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.timeouts {
+            // The gate's defaults for a route (README, Configuration).
+            peer.options.connection_timeout = Some(Duration::from_secs(2));
+            peer.options.read_timeout = Some(Duration::from_secs(30));
+            peer.options.write_timeout = Some(Duration::from_secs(30));
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if self.uri {
+            let path = up.uri.path().to_owned();
+            let uri = http::Uri::builder()
+                .path_and_query(path)
+                .build()
+                .map_err(|e| Error::because(ErrorType::InternalError, "uri", e))?;
+            up.set_uri(uri);
+        }
+        if self.xf {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            if let Some(ip) = ip {
+                up.insert_header("x-forwarded-for", ip)?;
+            }
+            up.insert_header("x-forwarded-proto", "http")?;
+            if let Some(host) = session.req_header().headers.get("host").cloned() {
+                up.insert_header("x-forwarded-host", host)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -59,13 +110,26 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let like = |what: &str| args.like_gate.iter().any(|w| w == what);
     let mut proxy = http_proxy_service(
         &server.configuration,
         Stock {
             upstream: args.upstream,
+            timeouts: like("timeouts"),
+            xf: like("xf"),
+            uri: like("uri"),
         },
     );
-    proxy.add_tcp(&args.listen.to_string());
+    if like("l4") {
+        use pingora::listeners::ListenerConfig;
+        use pingora::protocols::l4::stream::L4BufferSettings;
+        proxy.add_listener(
+            ListenerConfig::tcp(args.listen.to_string())
+                .l4_buffer(L4BufferSettings::default().read(0)),
+        );
+    } else {
+        proxy.add_tcp(&args.listen.to_string());
+    }
     server.add_service(proxy);
     server.run_forever();
 }
