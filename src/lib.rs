@@ -27,6 +27,7 @@
 //! Status changes from any node arrive on the store's event channel and end
 //! that session's tunnels with Close 4401 (`tunnel`).
 
+pub mod accesslog;
 pub mod admin;
 pub mod api;
 pub mod config;

@@ -87,14 +87,29 @@ impl<W: Write> Shared<W> {
     }
 }
 
-/// Object-safe view of [`Shared`] for the process-wide flush.
+/// Object-safe view of [`Shared`] for the process-wide flush and for [`LineSink`].
 trait Flush: Send + Sync {
     fn flush(&self);
+    fn append(&self, line: &[u8]);
 }
 
 impl<W: Write + Send> Flush for Shared<W> {
     fn flush(&self) {
         Shared::flush(self);
+    }
+    fn append(&self, line: &[u8]) {
+        Shared::append(self, line);
+    }
+}
+
+/// A handle that appends whole, already formatted lines to a writer's buffer, whatever its
+/// sink's type: what the access log's own formatter ([`crate::accesslog`]) writes through.
+#[derive(Clone)]
+pub struct LineSink(Arc<dyn Flush>);
+
+impl LineSink {
+    pub fn append(&self, line: &[u8]) {
+        self.0.append(line);
     }
 }
 
@@ -166,6 +181,11 @@ impl<W: Write + Send + 'static> LogWriter<W> {
     /// Writes out everything buffered so far, now.
     pub fn flush_now(&self) {
         self.shared.flush();
+    }
+
+    /// A type-erased handle appending to this writer's buffer.
+    pub fn line_sink(&self) -> LineSink {
+        LineSink(self.shared.clone())
     }
 }
 

@@ -125,6 +125,12 @@ fn init_logs(format: LogFormat) -> Option<logwriter::Guard> {
     // The SIGTERM drain ends in `std::process::exit`, which runs no destructor: it flushes
     // through this instead.
     guard.install_for_process();
+    // Access lines skip tracing's formatter but keep its filter (`accesslog`).
+    let access_format = match format {
+        LogFormat::Human => sessiongate::accesslog::Format::Human,
+        LogFormat::Json => sessiongate::accesslog::Format::Json,
+    };
+    sessiongate::accesslog::install(writer.line_sink(), access_format);
     let builder = builder.with_writer(writer);
     match format {
         LogFormat::Human => builder.init(),
