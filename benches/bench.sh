@@ -412,7 +412,7 @@ ticks() {
 hz=$(getconf CLK_TCK)
 per_req_us() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
 
-declare -A rps p50 p99 rss cmds cpu cpu_up cpu_redis
+declare -A rps p50 p99 rss cmds cpu cpu_up cpu_redis errs
 # One measured wrk run of target $1 at $2 connections in round $3, after a warm-up that fills
 # the proxies' upstream pools and the gate's caches.
 # shellcheck disable=SC2034 # the tables are read through median_of's nameref
@@ -441,7 +441,11 @@ measure() {
         s[${kv%%=*}]=${kv#*=}
     done
     local errors=$((s[err_connect] + s[err_read] + s[err_write] + s[err_timeout] + s[err_status]))
-    ((errors == 0)) || die "$name: $errors failed requests (see $work/wrk-$name-$c-$round.txt)"
+    # A failed request is reported, not fatal: on this shared machine a stall past the store's
+    # 50 ms timeout is a correct 503 from the no-cache gate, and one such moment should not void
+    # a whole run. Every row's count is printed beside its figures.
+    errs[$k]=$errors
+    ((errors == 0)) || echo "bench: $name at -c$c, round $round: $errors failed requests (see $work/wrk-$name-$c-$round.txt)" >&2
     rps[$k]=${s[rps]}
     p50[$k]=${s[p50_us]}
     p99[$k]=${s[p99_us]}
@@ -480,7 +484,7 @@ echo "sessiongate bench  $(date -u +%Y-%m-%dT%H:%MZ)  $(git rev-parse --short HE
 echo "wrk -t$threads, connections: $conns_list; $duration per target after a $warmup warm-up, $rounds interleaved rounds; loopback"
 echo "upstream for every row: nginx 'return 200' (one worker); gates: release build, threads: 1, access log at info;"
 echo "ticket rows with the liveness cache on (store.cache 1s, pub/sub invalidation) and off (0s: a Redis round trip each)"
-echo "cpu = utime+stime per request of the proxy's own process(es) (auth_request: both nginx), of the upstream, of Redis"
+echo "cpu = utime+stime per request of the proxy's own process(es) (auth_request: both nginx), of the upstream, of Redis; errors: failed requests over all rounds"
 
 for c in $conns_list; do
     echo
@@ -509,7 +513,7 @@ declare -A med
 for c in $conns_list; do
     echo
     echo "-- $c connections: medians of $rounds rounds (load average now $(cut -d' ' -f1-3 /proc/loadavg))"
-    printf '%-24s %10s %8s %8s %9s %9s %9s %9s %10s\n' target requests/s "p50 ms" "p99 ms" "cpu us/req" "up us/req" "redis us" "redis/req" "peak RSS"
+    printf '%-24s %10s %8s %8s %9s %9s %9s %9s %10s %7s\n' target requests/s "p50 ms" "p99 ms" "cpu us/req" "up us/req" "redis us" "redis/req" "peak RSS" errors
     for name in "${targets[@]}"; do
         med[rps,$name,$c]=$(median_of rps "$name" "$c")
         med[p99,$name,$c]=$(median_of p99 "$name" "$c")
@@ -518,10 +522,12 @@ for c in $conns_list; do
         [[ -n ${cpu_pids[$name]} ]] || own_cpu=-
         peak=-
         [[ ${rss[$name,$c,1]} == 0 ]] || peak=$(awk -v k="$(median_of rss "$name" "$c")" 'BEGIN { printf "%.1f MiB", k / 1024 }')
-        printf '%-24s %10.0f %8s %8s %9s %9s %9s %9s %10s\n' "${label[$name]}" "${med[rps,$name,$c]}" \
+        failed=0
+        for ((r = 1; r <= rounds; r++)); do failed=$((failed + errs[$name,$c,$r])); done
+        printf '%-24s %10.0f %8s %8s %9s %9s %9s %9s %10s %7s\n' "${label[$name]}" "${med[rps,$name,$c]}" \
             "$(ms "$(median_of p50 "$name" "$c")")" "$(ms "${med[p99,$name,$c]}")" "$own_cpu" \
             "$(f1 "$(median_of cpu_up "$name" "$c")")" "$(f1 "$(median_of cpu_redis "$name" "$c")")" \
-            "$(awk -v v="$(median_of cmds "$name" "$c")" 'BEGIN { printf "%.3f", v }')" "$peak"
+            "$(awk -v v="$(median_of cmds "$name" "$c")" 'BEGIN { printf "%.3f", v }')" "$peak" "$failed"
     done
 done
 
