@@ -9,16 +9,17 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: cmake + a C toolchain build Pingora's zlib-ng; redis-server
 # (with redis-cli) runs under the tests, openssl makes their throwaway TLS CA; wrk
-# drives the benchmark and h2load (nghttp2-client) its HTTP/2 rows; chromium runs the
-# browser test of the __Host- cookie over HTTPS. (deploy/check.sh brings PyYAML itself.)
-APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk nghttp2-client chromium
+# drives the benchmark and h2load (nghttp2-client) its HTTP/2 rows; nginx with its Lua module
+# and Redis client are the bench's comparison rows (the bench starts its own nginx processes,
+# never the system's); chromium runs the browser tests. (deploy/check.sh brings PyYAML itself.)
+APT_PACKAGES := cmake build-essential pkg-config redis-server openssl wrk nghttp2-client chromium nginx libnginx-mod-http-lua lua-nginx-redis
 
 .PHONY: help deps build build-release demo test test-unit test-js lint check-conf bench bench-ws bench-login bench-tickets chaos clean
 
 help:
 	@echo "make demo    - run the gate with a demo user and echo upstreams"
 	@echo "make test    - run every test (unit, integration, config and deploy checks)"
-	@echo "make bench   - release benchmark: direct vs public route vs ticket-checked"
+	@echo "make bench   - release benchmark: the gate vs stock Pingora, nginx and nginx+Lua gates"
 	@echo "make bench-login - release benchmark: a flood of bad logins vs the public route"
 	@echo "make bench-ws - release: 9,000 idle WebSockets, then revocation at scale on two gates"
 	@echo "make bench-tickets - release: 1,000,000 distinct tickets against the ticket cache"
@@ -38,6 +39,9 @@ deps:
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing="$$missing libnginx-mod-http-lua"; \
+	[ -f /usr/share/lua/5.1/nginx/redis.lua ] || missing="$$missing lua-nginx-redis"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -85,15 +89,16 @@ test-js: build
 # Only the binaries the bench runs: a release build of every test binary
 # with fat LTO would take many minutes.
 bench: deps
-	$(CARGO) build --release --locked --bin sessiongate --example ws_load
+	$(CARGO) build --release --locked --bin sessiongate --example ws_load --example stock_proxy
 	benches/bench.sh
+	benches/tls.sh
 
 # 10,000 WebSockets do not fit under this machine's 20,000 open-files cap
 # (two sockets per proxied WebSocket in the gate): 9,000 is the largest run.
 # Then revocation at scale: 9,000 tunnels over 3,000 sessions on two gates, every user
 # revoked at once, then (new sessions) every session left to idle_timeout.
 bench-ws: deps
-	$(CARGO) build --release --locked --bin sessiongate --example ws_load
+	$(CARGO) build --release --locked --bin sessiongate --example ws_load --example stock_proxy
 	benches/bench.sh --ws 9000
 	benches/revoke.sh --scenario revoke --sessions 3000 --tunnels 9000
 	benches/revoke.sh --scenario idle --sessions 3000 --tunnels 9000

@@ -36,6 +36,7 @@
 //! session's tunnels with Close 4401 (`tunnel`). Between events, `sweeper`
 //! re-checks open tunnels' sessions in batches.
 
+pub mod accesslog;
 pub mod admin;
 pub mod api;
 pub mod config;
@@ -49,6 +50,7 @@ pub mod health;
 pub mod listeners;
 pub mod login;
 pub mod logs;
+pub mod logwriter;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sessiongate::{config, login, server, ticket};
+use sessiongate::{config, login, logwriter, server, ticket};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -97,24 +97,53 @@ fn config_path(arg: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("conf/sessiongate.yaml"))
 }
 
-fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr through the batching writer (`logwriter`): the access log is one line per
+/// request, and one `write(2)` plus a thread wake-up per line cost the gate about 10 % of its CPU.
+/// `None` when the flusher thread cannot start: logging then goes straight to stderr.
+fn init_logs(format: LogFormat) -> Option<logwriter::Guard> {
     use tracing_subscriber::EnvFilter;
-    // A synchronous write per request cost 13% throughput: log off the hot path.
-    // Escaped on the log worker's thread: no control character from client
-    // input reaches a line, in either format.
-    let (writer, guard) =
-        tracing_appender::non_blocking(sessiongate::logs::Escaping(std::io::stderr()));
     let filter = EnvFilter::try_from_env("SESSIONGATE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
         .with_ansi(false);
+    let (writer, guard) = match logwriter::LogWriter::spawn(
+        std::io::stderr(),
+        logwriter::FLUSH_INTERVAL,
+        logwriter::CAPACITY,
+    ) {
+        Ok((w, g)) => (w, g),
+        Err(e) => {
+            eprintln!("sessiongate: cannot start the log writer ({e}); logging unbuffered");
+            match format {
+                LogFormat::Human => builder.with_writer(std::io::stderr).init(),
+                LogFormat::Json => builder
+                    .with_writer(std::io::stderr)
+                    .json()
+                    .flatten_event(true)
+                    .init(),
+            }
+            return None;
+        }
+    };
+    // The SIGTERM drain ends in `std::process::exit`, which runs no destructor: it flushes
+    // through this instead.
+    guard.install_for_process();
+    // Access lines skip tracing's formatter but keep its filter (`accesslog`).
+    let access_format = match format {
+        LogFormat::Human => sessiongate::accesslog::Format::Human,
+        LogFormat::Json => sessiongate::accesslog::Format::Json,
+    };
+    sessiongate::accesslog::install(writer.line_sink(), access_format);
+    // Each event is escaped as it is handed over, whole: no control character
+    // from client input reaches a line, in either format (access lines escape
+    // their own fields in `accesslog`).
+    let builder = builder.with_writer(move || sessiongate::logs::Escaping(writer.clone()));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
+    Some(guard)
 }
 
 fn print_config_errors(errors: &[config::ConfigError]) {

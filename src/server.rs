@@ -280,8 +280,8 @@ impl BackgroundService for Lifecycle {
             in_flight = self.gate.requests_in_flight(),
             "drained; exiting"
         );
-        // Give the non-blocking log writer a moment to flush its last lines.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // `exit` runs no destructor: write out the buffered log lines first.
+        crate::logwriter::flush_process_log();
         std::process::exit(0);
     }
 }

@@ -498,4 +498,8 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
         "{}",
         gate.logs()
     );
+    // The log writer batches lines; the drain's last line, written just before the process
+    // exits, must still reach stderr.
+    let logs = gate.logs();
+    assert!(logs.contains("drained; exiting"), "{logs}");
 }
