@@ -683,6 +683,16 @@ async fn list_is_newest_first_and_per_user(f: Fixture) {
         ["l-3", "l-2", "l-1"]
     );
     assert_eq!(list[0], session("l-3", "alice", t + 30));
+    // Created within one millisecond (ids out of lexical order): still
+    // newest first, by creation.
+    for sid in ["l-9", "l-4", "l-7"] {
+        create(&f, &session(sid, "alice", t + 35), 10).await;
+    }
+    let list = f.store().list("alice", t + 40, RULES).await.unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["l-7", "l-4", "l-9", "l-3", "l-2", "l-1"]
+    );
     assert!(
         f.store()
             .list("nobody", t + 40, RULES)

@@ -206,7 +206,13 @@ local fields = {}
 for i = 10, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-redis.call('ZADD', KEYS[1], now, ARGV[7])
+-- The index orders a user's sessions (newest first, oldest replaced
+-- first); logins within one millisecond still get distinct, increasing
+-- scores, so that order is the order of creation.
+local score = now
+local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+redis.call('ZADD', KEYS[1], score, ARGV[7])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
 return replaced
