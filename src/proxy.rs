@@ -1260,7 +1260,6 @@ fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
 
 #[cfg(test)]
 mod tests {
-
     #![allow(clippy::unwrap_used)]
 
     use super::*;
