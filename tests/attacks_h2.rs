@@ -748,7 +748,34 @@ async fn no_h2_request_opens_a_tunnel_on_any_route_kind() {
     )
     .await;
     assert_eq!(r.map(|r| r.status).unwrap_or(0), 405);
+    // HTTP/1.1 on the TLS listener: a WebSocket handshake off a gateway route
+    // is 400; another upgrade is dropped and served as plain HTTP.
+    for path in ["/rec/x", "/rec-public/x", "/_session"] {
+        let r = exchange(
+            &mut tls_h1(e.tls).await,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: gate.test\r\nAuthorization: {auth}\r\nUpgrade: foo, WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "bad_request".to_owned()),
+            "{path}"
+        );
+    }
     assert!(take(&e.seen).is_empty(), "no upstream heard any of it");
+    let r = exchange(
+        &mut tls_h1(e.tls).await,
+        "GET /rec-public/x HTTP/1.1\r\nHost: gate.test\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let (_, lines) = parse_head(&take(&e.seen)[0]);
+    assert!(values(&lines, "upgrade").is_empty(), "{lines:?}");
+    assert!(values(&lines, "http2-settings").is_empty(), "{lines:?}");
     // The same connection kind still serves a plain GET on a gateway route.
     let c = h2(e.tls).await;
     assert_eq!(h2_get(&c, "gate.test", "/gw-public/chat", &[]).await.0, 200);
