@@ -128,6 +128,23 @@ pub fn cookies_without<S: AsRef<str>>(headers: &HeaderMap, names: &[S]) -> Vec<H
     out
 }
 
+/// `Cookie` values as one, joined by `; ` (RFC 9113 section 8.2.3); `None`
+/// when there are none.
+pub fn join_cookies(values: Vec<HeaderValue>) -> Option<HeaderValue> {
+    if values.len() < 2 {
+        return values.into_iter().next();
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in &values {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Valid header values joined by `; ` are a valid header value.
+    HeaderValue::from_bytes(&joined).ok()
+}
+
 fn query_ticket(query: &str) -> Option<&str> {
     query
         .split('&')
@@ -146,7 +163,19 @@ pub fn query_without_ticket(query: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn cookie_crumbs_join_into_one_value_bytes_and_all() {
+        let v = |b: &[u8]| HeaderValue::from_bytes(b).unwrap();
+        assert_eq!(super::join_cookies(vec![]), None);
+        assert_eq!(super::join_cookies(vec![v(b"a=1")]), Some(v(b"a=1")));
+        assert_eq!(
+            super::join_cookies(vec![v(b"pref=caf\xe9"), v(b"b=2"), v(b"lang=\xc3\xa9")]),
+            Some(v(b"pref=caf\xe9; b=2; lang=\xc3\xa9"))
+        );
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

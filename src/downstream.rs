@@ -7,7 +7,9 @@
 //! head itself, under one deadline, and hands the bytes to Pingora's session
 //! as its pipelined prefix, which Pingora parses without reading again.
 //! HTTP/2 connections go to Pingora whole, with the idle limit as its
-//! `h2_idle_timeout`.
+//! `h2_idle_timeout`, once their connection preface has come within the head
+//! deadline: Pingora's HTTP/2 handshake waits for it with no limit, and its
+//! idle limit only starts after it ([`read_preface`], [`Prefaced`]).
 //!
 //! One look at the head comes first: Pingora refuses, with a bare 400, an
 //! absolute-form target whose authority differs from `Host` in any byte. The
@@ -97,6 +99,19 @@ where
     ) -> Option<Stream> {
         let h2c = self.app.server_options().is_some_and(|o| o.h2c);
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let limit = self.limits().header;
+            let Some(prefix) = read_preface(&mut stream, limit, shutdown).await else {
+                tracing::debug!(
+                    peer = ?stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
+                    timeout = ?limit,
+                    "HTTP/2 connection preface not received in time: connection closed"
+                );
+                return None;
+            };
+            let stream: Stream = Box::new(Prefaced {
+                inner: stream,
+                prefix,
+            });
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
@@ -219,6 +234,159 @@ async fn read_head(
         }
     }
 }
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads an HTTP/2 connection's first bytes: the preface, within `limit`.
+/// `None` when it did not come in time, the client closed or the gate is
+/// shutting down. Bytes that are not the preface are returned as soon as
+/// they differ, for Pingora's HTTP/2 handshake to refuse.
+async fn read_preface(
+    stream: &mut Stream,
+    limit: Duration,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    let mut shutdown = shutdown.clone();
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    let deadline = Instant::now() + limit;
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let read = pingora::prelude::timeout(left, stream.read_buf(&mut buf));
+        tokio::select! {
+            res = read => match res {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+    Some(buf)
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+/// Everything else (TLS, ALPN, digests) is the inner stream's.
+#[derive(Debug)]
+struct Prefaced {
+    inner: Stream,
+    prefix: BytesMut,
+}
+
+impl tokio::io::AsyncRead for Prefaced {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefaced {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl pingora::protocols::Shutdown for Prefaced {
+    async fn shutdown(&mut self) {
+        pingora::protocols::Shutdown::shutdown(self.inner.as_mut()).await;
+    }
+}
+
+impl pingora::protocols::UniqueID for Prefaced {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl pingora::protocols::Ssl for Prefaced {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl pingora::protocols::GetTimingDigest for Prefaced {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl pingora::protocols::GetProxyDigest for Prefaced {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl pingora::protocols::GetSocketDigest for Prefaced {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+/// Not peekable, like Pingora's TLS streams: its HTTP/2 path never peeks.
+impl pingora::protocols::Peek for Prefaced {}
 
 /// What [`absolute_form`] made of a head.
 #[derive(Debug, PartialEq, Eq)]

@@ -34,7 +34,8 @@ use pingora::utils::tls::{WrappedX509, parse_x509};
 use crate::api::{self, ApiRequest, Response};
 use crate::config::{AuthPolicy, RouteKind, RouteTls};
 use crate::credentials::{
-    TicketFrom, bearer_token, cookies_without, find_ticket, has_cookie, query_without_ticket,
+    TicketFrom, bearer_token, cookies_without, find_ticket, has_cookie, join_cookies,
+    query_without_ticket,
 };
 use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
 use crate::handshake::{self, HandshakeError, TlsClient};
@@ -213,6 +214,23 @@ fn client_of(session: &Session, s: &Settings) -> Option<ClientAddr> {
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// `x_forwarded_for`, `x-forwarded_proto`, …: a spelling of a forwarding
+/// header the gate sets (SPEC 6) with `_` for `-`. A CGI/WSGI upstream reads
+/// it as the header itself (`HTTP_X_FORWARDED_FOR`), beside or instead of
+/// the gate's own, so it never goes on. Names are lowercase (`HeaderName`).
+fn forwarding_alias(name: &http::HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.contains(&b'_')
+        && ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+            .iter()
+            .any(|f| {
+                f.len() == n.len()
+                    && n.iter()
+                        .zip(f.as_bytes())
+                        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+            })
+}
 
 /// Writes a whole response, keeping the connection reusable; `hsts` is the
 /// `Strict-Transport-Security` of a TLS listener.
@@ -1100,11 +1118,12 @@ fn rewrite_request(
     s: &Settings,
     route: &Route,
 ) -> pingora::Result<()> {
-    // Identity headers come only from the gate.
+    // Identity headers come only from the gate; so do forwarding headers,
+    // whose `_` spellings a CGI/WSGI upstream reads as the real ones.
     let forged: Vec<http::HeaderName> = up
         .headers
         .keys()
-        .filter(|n| s.identity.is_identity(n))
+        .filter(|n| s.identity.is_identity(n) || forwarding_alias(n))
         .cloned()
         .collect();
     for name in &forged {
@@ -1137,8 +1156,15 @@ fn rewrite_request(
         }
     }
     // Ticket cookies never reach the upstream, whatever bytes sit beside them.
-    if has_cookie(&up.headers, &s.strip_cookies) {
-        let rest = cookies_without(&up.headers, &s.strip_cookies);
+    // HTTP/2 clients may split `Cookie` into crumbs, one field per cookie;
+    // they go to an HTTP/1.1 upstream as one field (RFC 9113 section 8.2.3),
+    // which is all many servers read.
+    let crumbs = session.is_http2() && up.headers.get_all(header::COOKIE).iter().nth(1).is_some();
+    if crumbs || has_cookie(&up.headers, &s.strip_cookies) {
+        let mut rest = cookies_without(&up.headers, &s.strip_cookies);
+        if crumbs {
+            rest = join_cookies(rest).into_iter().collect();
+        }
         up.remove_header(&header::COOKIE);
         for value in rest {
             up.append_header(header::COOKIE, value)?;
@@ -1255,6 +1281,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_are_aliases() {
+        let alias =
+            |n: &str| super::forwarding_alias(&http::HeaderName::from_bytes(n.as_bytes()).unwrap());
+        for n in ["x_forwarded_for", "X_Forwarded-Proto", "x-forwarded_host"] {
+            assert!(alias(n), "{n}");
+        }
+        // The gate's own spellings are replaced, not dropped; others are not its.
+        for n in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x_forwarded_fo",
+            "x_forwarded_for_x",
+            "x_real_ip",
+        ] {
+            assert!(!alias(n), "{n}");
+        }
+    }
 
     fn request(pairs: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
