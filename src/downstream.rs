@@ -100,7 +100,7 @@ where
         let h2c = self.app.server_options().is_some_and(|o| o.h2c);
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let limit = self.limits().header;
-            let Some(prefix) = read_preface(&mut stream, limit, shutdown).await else {
+            let Some(prefix) = read_preface(&mut stream, limit).await else {
                 tracing::debug!(
                     peer = ?stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
                     timeout = ?limit,
@@ -183,8 +183,8 @@ where
 /// Reads one request head. A new connection's first head must be complete
 /// within `limits.header` of the start; on a kept-alive connection the next
 /// request may take `limits.keepalive` to begin, and its head
-/// `limits.header` from its first byte. An idle connection is closed at once
-/// when the gate shuts down.
+/// `limits.header` from its first byte. An idle kept-alive connection is
+/// closed at once when the gate shuts down.
 async fn read_head(
     stream: &mut Stream,
     first: bool,
@@ -212,9 +212,13 @@ async fn read_head(
         };
         let idle = buf.is_empty();
         let read = pingora::prelude::timeout(left, stream.read_buf(&mut buf));
+        // Only a kept-alive connection waiting for its next request is closed
+        // at shutdown. A new one was accepted before it and its client is
+        // sending its first request (a graceful upgrade hands the listener
+        // over meanwhile): it is served, within the head deadline.
         let res = tokio::select! {
             res = read => res,
-            _ = shutdown.changed(), if idle => return Head::Closed,
+            _ = shutdown.changed(), if idle && !first => return Head::Closed,
         };
         match res {
             Err(_) => {
@@ -239,26 +243,18 @@ async fn read_head(
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads an HTTP/2 connection's first bytes: the preface, within `limit`.
-/// `None` when it did not come in time, the client closed or the gate is
-/// shutting down. Bytes that are not the preface are returned as soon as
+/// `None` when it did not come in time or the client closed. Bytes that are not the preface are returned as soon as
 /// they differ, for Pingora's HTTP/2 handshake to refuse.
-async fn read_preface(
-    stream: &mut Stream,
-    limit: Duration,
-    shutdown: &ShutdownWatch,
-) -> Option<BytesMut> {
-    let mut shutdown = shutdown.clone();
+async fn read_preface(stream: &mut Stream, limit: Duration) -> Option<BytesMut> {
+    // Not cut short at shutdown: the connection was accepted before it (see
+    // `read_head`); the deadline bounds it.
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     let deadline = Instant::now() + limit;
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
         let left = deadline.checked_duration_since(Instant::now())?;
-        let read = pingora::prelude::timeout(left, stream.read_buf(&mut buf));
-        tokio::select! {
-            res = read => match res {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            },
-            _ = shutdown.changed() => return None,
+        match pingora::prelude::timeout(left, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
         }
     }
     Some(buf)
