@@ -46,6 +46,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
 
 duration=5s
 warmup=1s
@@ -126,25 +128,8 @@ trap 'exit 130' INT TERM
 
 # Thirteen distinct free loopback ports, all bound at once so none is handed out twice.
 read -r p_redis p_http p_ws p_gate p_admin p_gate0 p_admin0 p_up p_stock p_nginx p_lua p_areq \
-    p_auth < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(13)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
+    p_auth < <(free_ports 13)
 
-# Polls a condition every 0.1 s, up to 20 s: readiness, never a fixed sleep.
-wait_for() {
-    local what=$1
-    shift
-    for _ in $(seq 200); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "$what did not come up (logs in $work)"
-}
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 redis-server --port "$p_redis" --bind 127.0.0.1 --save "" --appendonly no \
     --protected-mode no >"$work/redis.log" 2>&1 &

@@ -23,6 +23,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
+wait_tries=300
 users=300
 websockets=1000
 seconds=50
@@ -70,23 +73,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-read -r p_redis p_http p_ws p_a p_aa p_b p_ba < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(7)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
-wait_for() {
-    local what=$1
-    shift
-    for _ in $(seq 300); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "$what did not come up"
-}
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+read -r p_redis p_http p_ws p_a p_aa p_b p_ba < <(free_ports 7)
 
 mkdir -p "$work/redis"
 redis_cmd=(redis-server --port "$p_redis" --bind 127.0.0.1 --save "" --appendonly yes
