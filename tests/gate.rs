@@ -470,7 +470,7 @@ async fn sentinel_failover_is_followed() {
     let replica =
         Redis::spawn_with(replica_port, &["--replicaof", "127.0.0.1", &master_port]).await;
     let sentinel = sentinel(master.port).await;
-    let mut sentinel_con = sentinel
+    let sentinel_con = sentinel
         .client()
         .get_multiplexed_async_connection()
         .await
