@@ -279,25 +279,10 @@ async fn a_killed_master_is_replaced_by_its_replica_and_revokes_reach_every_gate
         .await
         .expect("a master for the slot");
     // Replication is asynchronous: the session must be on the replica first.
-    let master = cluster.nodes[victim]
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let synced = eventually(Duration::from_secs(10), || {
-        let mut m = master.clone();
-        async move {
-            let n: i64 = redis::cmd("WAIT")
-                .arg(1)
-                .arg(500)
-                .query_async(&mut m)
-                .await
-                .ok()?;
-            (n >= 1).then_some(())
-        }
-    })
-    .await;
-    assert!(synced.is_some(), "the replica never caught up");
+    assert!(
+        wait_replicated(&cluster.nodes[victim]).await,
+        "the replica never caught up"
+    );
     let mut chat = open_chat(&other, &alice).await;
     assert_eq!(
         other.get("/controller/shop/x", Some(&alice)).await.status,

@@ -464,40 +464,11 @@ async fn malformed_requests_get_400_and_harm_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_is_followed() {
-    let master = Redis::spawn().await;
-    let replica_port = free_port();
-    let master_port = master.port.to_string();
-    let replica =
-        Redis::spawn_with(replica_port, &["--replicaof", "127.0.0.1", &master_port]).await;
-    let sentinel = sentinel(master.port).await;
-    let sentinel_con = sentinel
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    // The Sentinel must know the replica before it can promote it.
-    let known = eventually(Duration::from_secs(20), || {
-        let mut con = sentinel_con.clone();
-        async move {
-            let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
-                .arg("REPLICAS")
-                .arg("mymaster")
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            (!replicas.is_empty()).then_some(())
-        }
-    })
-    .await;
-    assert!(known.is_some(), "sentinel never saw the replica");
-
+    let set = SentinelSet::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&master).routes(&routes(http.addr, ws.addr));
-    setup.store = format!(
-        "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
-        sentinel.port
-    );
+    let mut setup = Setup::redis(&set.master).routes(&routes(http.addr, ws.addr));
+    setup.store = set.store_yaml();
     let gate = Gate::start(&setup).await;
     let (before, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
@@ -508,7 +479,7 @@ async fn sentinel_failover_is_followed() {
     // Known is not yet promotable: until the Sentinel has seen the replica's
     // link up it answers NOGOODSLAVE, so the failover is asked until taken.
     let asked = eventually(Duration::from_secs(20), || {
-        let mut con = sentinel_con.clone();
+        let mut con = set.con.clone();
         async move {
             redis::cmd("SENTINEL")
                 .arg("FAILOVER")
@@ -520,17 +491,9 @@ async fn sentinel_failover_is_followed() {
     })
     .await;
     assert!(asked.is_some(), "the Sentinel never took the failover");
-    let promoted = eventually(Duration::from_secs(20), || {
-        let mut con = sentinel_con.clone();
-        async move {
-            let addr: (String, String) = redis::cmd("SENTINEL")
-                .arg("GET-MASTER-ADDR-BY-NAME")
-                .arg("mymaster")
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            (addr.1 == replica_port.to_string()).then_some(())
-        }
+    let replica_port = set.replica.port.to_string();
+    let promoted = eventually(Duration::from_secs(20), || async {
+        (set.master_port().await? == replica_port).then_some(())
     })
     .await;
     assert!(promoted.is_some(), "failover did not happen");
@@ -550,7 +513,6 @@ async fn sentinel_failover_is_followed() {
         gate.get("/controller/shop/x", Some(&before)).await.status,
         200
     );
-    drop(replica);
 }
 
 /// A Sentinel master frozen with SIGSTOP (it keeps its connections open and
@@ -560,79 +522,24 @@ async fn sentinel_failover_is_followed() {
 /// on the other within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
-    let master = Redis::spawn().await;
-    let replica_port = free_port();
-    let master_port = master.port.to_string();
-    let replica =
-        Redis::spawn_with(replica_port, &["--replicaof", "127.0.0.1", &master_port]).await;
-    let sentinel = sentinel(master.port).await;
-    let sentinel_con = sentinel
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let master_addr = || {
-        let mut con = sentinel_con.clone();
-        async move {
-            let addr: (String, String) = redis::cmd("SENTINEL")
-                .arg("GET-MASTER-ADDR-BY-NAME")
-                .arg("mymaster")
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            Some(addr.1)
-        }
-    };
-    let known = eventually(Duration::from_secs(20), || {
-        let mut con = sentinel_con.clone();
-        async move {
-            let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
-                .arg("REPLICAS")
-                .arg("mymaster")
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            (!replicas.is_empty()).then_some(())
-        }
-    })
-    .await;
-    assert!(known.is_some(), "sentinel never saw the replica");
-
+    let set = SentinelSet::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&master).routes(&routes(http.addr, ws.addr));
-    setup.store = format!(
-        "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
-        sentinel.port
-    );
+    let mut setup = Setup::redis(&set.master).routes(&routes(http.addr, ws.addr));
+    setup.store = set.store_yaml();
     let gate = Gate::start(&setup).await;
     let other = Gate::start(&setup).await;
     let (alice, _) = gate.login("alice", "wonderland").await;
     let mut chat = open_chat(&other, &alice).await;
     // Replication is asynchronous: the login must be on the replica first.
-    let con = master
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let synced = eventually(Duration::from_secs(10), || {
-        let mut con = con.clone();
-        async move {
-            let n: i64 = redis::cmd("WAIT")
-                .arg(1)
-                .arg(200)
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            (n >= 1).then_some(())
-        }
-    })
-    .await;
-    assert!(synced.is_some(), "the replica never caught up");
+    assert!(
+        wait_replicated(&set.master).await,
+        "the replica never caught up"
+    );
 
-    master.signal("STOP");
+    set.master.signal("STOP");
     let promoted = eventually(Duration::from_secs(30), || async {
-        (master_addr().await? == replica_port.to_string()).then_some(())
+        (set.master_port().await? == set.replica.port.to_string()).then_some(())
     })
     .await;
     assert!(promoted.is_some(), "the Sentinel never failed over");
@@ -657,7 +564,7 @@ async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
     );
     // Both gates' event subscriptions left the frozen master for the new one.
     let subscribed = eventually(Duration::from_secs(10), || async {
-        (subscribers(&replica.client(), "sg:events").await? >= 2).then_some(())
+        (subscribers(&set.replica.client(), "sg:events").await? >= 2).then_some(())
     })
     .await;
     assert!(
@@ -677,7 +584,7 @@ async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
     );
     let r = other.get("/controller/shop/x", Some(&alice)).await;
     assert_eq!((r.status, r.error()), (401, "session_revoked".to_owned()));
-    master.signal("CONT");
+    set.master.signal("CONT");
 }
 
 /// `rediss://` with the CA given in `store.tls.ca_file`: the gate works over

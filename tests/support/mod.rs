@@ -1075,6 +1075,95 @@ impl Gate {
     }
 }
 
+/// A master, one replica of it, and a Sentinel that already knows the
+/// replica (until it has seen one, a Sentinel cannot promote it).
+pub struct SentinelSet {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinel: Redis,
+    /// A connection to the Sentinel, to clone per command.
+    pub con: redis::aio::MultiplexedConnection,
+}
+
+impl SentinelSet {
+    pub async fn spawn() -> SentinelSet {
+        let master = Redis::spawn().await;
+        let master_port = master.port.to_string();
+        let replica =
+            Redis::spawn_with(free_port(), &["--replicaof", "127.0.0.1", &master_port]).await;
+        let sentinel = sentinel(master.port).await;
+        let con = sentinel
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("sentinel connection");
+        let known = eventually(Duration::from_secs(20), || {
+            let mut con = con.clone();
+            async move {
+                let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg("mymaster")
+                    .query_async(&mut con)
+                    .await
+                    .ok()?;
+                (!replicas.is_empty()).then_some(())
+            }
+        })
+        .await;
+        assert!(known.is_some(), "sentinel never saw the replica");
+        SentinelSet {
+            master,
+            replica,
+            sentinel,
+            con,
+        }
+    }
+
+    /// The `store:` block of a gate that finds the master through the Sentinel.
+    pub fn store_yaml(&self) -> String {
+        format!(
+            "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
+            self.sentinel.port
+        )
+    }
+
+    /// The port the Sentinel names as the master now.
+    pub async fn master_port(&self) -> Option<String> {
+        let mut con = self.con.clone();
+        let addr: (String, String) = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg("mymaster")
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        Some(addr.1)
+    }
+}
+
+/// Waits until what `master` holds reached at least one replica (`WAIT 1`):
+/// replication is asynchronous, and a failover test needs its writes there.
+pub async fn wait_replicated(master: &Redis) -> bool {
+    let con = master
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("master connection");
+    eventually(Duration::from_secs(10), || {
+        let mut con = con.clone();
+        async move {
+            let n: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(200)
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (n >= 1).then_some(())
+        }
+    })
+    .await
+    .is_some()
+}
+
 /// A Redis Sentinel watching `master` (as `mymaster`), quick to act: 1 s to
 /// call a master down, quorum 1.
 pub async fn sentinel(master: u16) -> Redis {
