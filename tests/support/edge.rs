@@ -291,20 +291,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
-        let mut hs = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut hs);
-        if let Ok(httparse::Status::Complete(off)) = resp.parse(&buf) {
-            let status = resp.code.unwrap_or(0);
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+        if let Some((status, headers, off)) = super::parse_head(&buf) {
             let len = headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))

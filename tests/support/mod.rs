@@ -901,26 +901,37 @@ pub async fn http_bytes(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Resp> {
     read_response(&mut s).await
 }
 
+/// A response head's headers: names as sent, values lossily UTF-8.
+pub type Headers = Vec<(String, String)>;
+
+/// A complete response head at the start of `buf`: its status, its headers
+/// and where the body starts.
+pub fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hs);
+    let Ok(httparse::Status::Complete(off)) = resp.parse(buf) else {
+        return None;
+    };
+    let headers = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    Some((resp.code.unwrap_or(0), headers, off))
+}
+
 pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let deadline = Duration::from_secs(15);
     loop {
-        let mut hs = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut hs);
-        if let Ok(httparse::Status::Complete(off)) = resp.parse(&buf) {
-            let status = resp.code.unwrap_or(0);
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+        if let Some((status, headers, off)) = parse_head(&buf) {
             let get = |n: &str| {
                 headers
                     .iter()
