@@ -352,8 +352,21 @@ async fn watch_config(gate: Arc<Gate>) {
         if by_signal || changed || retry {
             let ok = reload(&gate);
             retry = !ok && changed && !by_signal;
-            // The new config may name other certificate files.
-            last = if ok { watched(&gate) } else { now };
+            // The new config may name other certificate files. Files already
+            // watched keep the stamps read before the load: a write landing
+            // while it ran (after the file was read) then differs from them
+            // and is reloaded on the next tick, instead of being taken as seen.
+            last = if ok {
+                watched(&gate)
+                    .into_iter()
+                    .map(|(f, t)| {
+                        let before = now.iter().find(|(g, _)| *g == f).map(|(_, b)| *b);
+                        (f, before.unwrap_or(t))
+                    })
+                    .collect()
+            } else {
+                now
+            };
         }
     }
 }
