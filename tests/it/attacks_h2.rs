@@ -1,14 +1,10 @@
-//! The rules of tests/attacks.rs (issue 9) on the other spellings the edge
+//! The rules of `attacks` (issue 9) on the other spellings the edge
 //! accepts: HTTP/2 and HTTP/1.1 on a TLS listener, with PROXY protocol on.
 //! Each test asserts what a recording upstream did or did not receive.
 //!
 //! Requests HTTP/2 forbids (connection-specific headers, `:protocol`, no
 //! `:authority`) cannot be built with the `h2` client, so [`raw`] writes
 //! those frames by hand.
-
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,8 +15,8 @@ use http::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::edge::{Ca, Client, exchange, tls_yaml};
-use support::*;
+use crate::support::edge::{Ca, Client, exchange, tls_yaml};
+use crate::support::*;
 
 /// Every request head an upstream received, raw.
 type Seen = Arc<Mutex<Vec<Vec<u8>>>>;

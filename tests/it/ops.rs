@@ -1,16 +1,12 @@
 //! Operating the gate: admin endpoints and metrics, the access log, config
 //! reload (signal and file watch), key rotation and graceful stop.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 

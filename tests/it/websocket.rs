@@ -2,14 +2,10 @@
 //! allowlist, frames passing unchanged, idle survival, and tunnels ending
 //! with Close 4401 when their session leaves `active`.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use crate::support::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};

@@ -1,16 +1,12 @@
 //! The command line, black-box: `check`, `keygen`, `hash-password`,
 //! `ticket inspect`, `run` with a bad config, and the `demo` tour.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use crate::support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 fn bin() -> Command {

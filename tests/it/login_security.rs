@@ -3,17 +3,13 @@
 //! cross-site rules, refused logins leaving nothing behind, percent-decoded
 //! ids, and a bounded password-hashing pool.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::*;
+use crate::support::*;
 
 const STANDARD_LIMITS: &str = "rate_limit: {per_ip: 1000/min, per_user: 1000/min}";
 

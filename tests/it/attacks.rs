@@ -4,17 +4,13 @@
 //! headers, `;parameters` in paths, slow and idle connections. Each asserts
 //! what the upstream did or did not receive.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 /// Every request head an upstream received, raw.
 type Seen = Arc<Mutex<Vec<Vec<u8>>>>;

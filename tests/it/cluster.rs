@@ -3,14 +3,10 @@
 //! the nodes, replacement, lists, logout, removal, operator revokes, events
 //! reaching a second gate and ending a WebSocket.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::*;
+use crate::support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -2,13 +2,9 @@
 //! headers, limits and upstream failures, against the real binary, a real
 //! redis-server and real upstream servers.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 async fn setup() -> (Redis, Upstream, Upstream, Gate) {
     let redis = Redis::spawn().await;

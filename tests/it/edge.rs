@@ -3,14 +3,10 @@
 //! address it believes (PROXY v1/v2, trusted proxies, forged
 //! X-Forwarded-For) and what the upstream is told about it.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
-use support::edge::{Ca, Client, Issued, exchange, get, served_cn, tls_yaml, tls11_hello};
-use support::*;
+use crate::support::edge::{Ca, Client, Issued, exchange, get, served_cn, tls_yaml, tls11_hello};
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 
 struct Edge {
