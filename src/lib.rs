@@ -39,6 +39,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod api;
+pub mod bind;
 pub mod config;
 pub mod credentials;
 pub mod downstream;

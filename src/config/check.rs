@@ -335,7 +335,8 @@ impl<'a> Ctx<'a> {
         let mut out: Vec<SocketAddr> = Vec::new();
         for (path, s) in entries {
             if let Some(addr) = self.socket_addr(&path, s) {
-                if out.contains(&addr) {
+                // Port 0 is a port of its own for each listener (see `bind`).
+                if addr.port() != 0 && out.contains(&addr) {
                     self.err(&path, format!("`{addr}` is listed twice"));
                 } else {
                     out.push(addr);
@@ -347,7 +348,7 @@ impl<'a> Ctx<'a> {
 
     fn admin(&mut self, raw: RawAdmin, listen: &[SocketAddr]) -> AdminConfig {
         let addr = self.socket_addr("admin.listen", &raw.listen);
-        if let Some(addr) = addr.filter(|a| listen.contains(a)) {
+        if let Some(addr) = addr.filter(|a| a.port() != 0 && listen.contains(a)) {
             self.err(
                 "admin.listen",
                 format!("`{addr}` is also a proxy `listen` or `tls.listen` address"),

@@ -235,11 +235,10 @@ async fn the_ticket_cookie_is_removed_whatever_bytes_sit_beside_it() {
     let setup = Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec));
     let dir = scratch_dir("gate");
     let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
     let yaml = setup
-        .yaml(listen, admin, &users)
+        .yaml(0, 0, &users)
         .replace("secure: false", "secure: true");
-    let gate = Gate::start_yaml(dir, &yaml, listen, admin, &[]).await;
+    let gate = Gate::start_yaml(dir, &yaml, &[]).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     assert!(
         login

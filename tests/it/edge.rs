@@ -775,16 +775,15 @@ async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
         page.addr
     );
     let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
     let yaml = Setup::redis(&redis)
         .extra(&tls_yaml(port, &[&cert], ""))
         .routes(&routes)
-        .yaml(listen, admin, &users)
+        .yaml(0, 0, &users)
         .replace(
             "cookie: {name: sg_ticket, secure: false}",
             "cookie: {name: sg_ticket, secure: true}",
         );
-    let gate = Gate::start_yaml(dir.clone(), &yaml, listen, admin, &[]).await;
+    let gate = Gate::start_yaml(dir.clone(), &yaml, &[]).await;
 
     let profile = dir.join("chromium-profile");
     let out = tokio::time::timeout(
@@ -866,11 +865,15 @@ async fn run_upgrade_takes_over_the_sockets_under_load_without_a_failed_request(
         ))
         .routes(&routes(http_up.addr, ws_up.addr));
     let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = setup
-        .yaml(listen, admin, &users)
-        .replace("grace_period: 5s", "grace_period: 3s");
-    let mut old = Gate::start_yaml(dir.clone(), &yaml, listen, admin, &[]).await;
+    let yaml = |listen: u16, admin: u16| {
+        setup
+            .yaml(listen, admin, &users)
+            .replace("grace_period: 5s", "grace_period: 3s")
+    };
+    let mut old = Gate::start_yaml(dir.clone(), &yaml(0, 0), &[]).await;
+    // `--upgrade` finds the old sockets by address: from now on the config
+    // names the ports the old gate was given.
+    std::fs::write(&old.config, yaml(old.addr.port(), old.admin.port())).unwrap();
     let written = eventually(Duration::from_secs(5), || async {
         let p = std::fs::read_to_string(&pid_file).ok()?;
         (p.trim() == old.pid().to_string()).then_some(())
@@ -970,20 +973,20 @@ async fn a_gate_with_only_tls_listeners_serves() {
     let dir = scratch_dir("edge-tls-only");
     let ca = Ca::new(&dir);
     let cert = ca.issue("only.test", "DNS:only.test,IP:127.0.0.1", 2);
-    let (port, admin) = (free_port(), free_port());
+    let port = free_port();
     let users = users_file(&dir);
     let yaml = Setup::redis(&redis)
         .extra(&tls_yaml(port, &[&cert], ""))
         .routes(&routes(http_up.addr, http_up.addr))
-        .yaml(port, admin, &users)
+        .yaml(port, 0, &users)
         .replacen(
             &format!("listen: [\"127.0.0.1:{port}\"]\n"),
             "listen: []\n",
             1,
         );
     assert!(yaml.starts_with("listen: []\n"), "{yaml}");
-    // The harness's readiness probe connects to `port`: the TLS listener here.
-    let gate = Gate::start_yaml(dir, &yaml, port, admin, &[]).await;
+    // With no plain listener, the harness's `gate.addr` is the TLS one.
+    let gate = Gate::start_yaml(dir, &yaml, &[]).await;
     let mut tls = Client::verified(&ca.cert)
         .connect(gate.addr, "only.test")
         .await

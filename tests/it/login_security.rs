@@ -89,12 +89,11 @@ async fn start(o: Opts<'_>) -> Env {
         Some(list) => write_users(&dir, list),
         None => users_file(&dir),
     };
-    let (listen, admin) = (free_port(), free_port());
     let setup = Setup::redis(&redis)
         .routes(&routes(http.addr))
         .sessions(o.sessions)
         .login_extra(o.login_extra);
-    let yaml = setup.yaml(listen, admin, &users);
+    let yaml = setup.yaml(0, 0, &users);
     assert!(yaml.contains(STANDARD_LIMITS), "{yaml}");
     let mut yaml = yaml.replacen(STANDARD_LIMITS, o.limits, 1);
     if let Some(d) = o.delegate {
@@ -106,7 +105,7 @@ async fn start(o: Opts<'_>) -> Env {
             1,
         );
     }
-    let gate = Gate::start_yaml(dir, &yaml, listen, admin, o.args).await;
+    let gate = Gate::start_yaml(dir, &yaml, o.args).await;
     Env {
         _redis: redis,
         _http: http,

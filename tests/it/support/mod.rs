@@ -655,8 +655,11 @@ impl Setup {
 
 pub struct Gate {
     child: Option<Child>,
+    /// The first plain listener (the first TLS one when there is none).
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listeners, as bound.
+    pub tls: Vec<SocketAddr>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -671,27 +674,26 @@ impl Gate {
     pub async fn start(setup: &Setup) -> Gate {
         let dir = scratch_dir("gate");
         let users = users_file(&dir);
-        let (listen, admin) = (free_port(), free_port());
-        let yaml = setup.yaml(listen, admin, &users);
-        Self::start_yaml(dir, &yaml, listen, admin, &[]).await
+        let yaml = setup.yaml(0, 0, &users);
+        Self::start_yaml(dir, &yaml, &[]).await
     }
 
-    pub async fn start_yaml(
-        dir: PathBuf,
-        yaml: &str,
-        listen: u16,
-        admin: u16,
-        args: &[&str],
-    ) -> Gate {
+    /// Starts the gate on a config of the test's own (port 0 lets the gate
+    /// pick its ports) and learns the bound addresses from its ready file.
+    pub async fn start_yaml(dir: PathBuf, yaml: &str, args: &[&str]) -> Gate {
         let config = dir.join("sessiongate.yaml");
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.join("gate.log");
+        let ready_file = dir.join("ready.json");
+        let _ = std::fs::remove_file(&ready_file);
         let logf = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
             .args(args)
             .arg("run")
             .arg("-c")
             .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("SESSIONGATE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(logf)
@@ -699,19 +701,51 @@ impl Gate {
             .expect("spawn sessiongate");
         let mut g = Gate {
             child: Some(child),
-            addr: format!("127.0.0.1:{listen}").parse().expect("addr"),
-            admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            admin: "0.0.0.0:0".parse().expect("addr"),
+            tls: Vec::new(),
             dir,
             config,
             log,
-            admin_prefix: if yaml.contains("proxy_protocol: true") {
-                format!("PROXY TCP4 127.0.0.1 127.0.0.1 40000 {admin}\r\n")
-            } else {
-                String::new()
-            },
+            admin_prefix: String::new(),
         };
+        let ready = g.ready_file(&ready_file).await;
+        let addrs = |k: &str| -> Vec<SocketAddr> {
+            serde_json::from_value(ready[k].clone()).expect("addresses in the ready file")
+        };
+        let (listen, tls) = (addrs("listen"), addrs("tls_listen"));
+        g.tls = tls.clone();
+        // A gate with only TLS listeners is reached on the first of them.
+        g.addr = *listen.first().or(tls.first()).expect("a listener");
+        g.admin = serde_json::from_value(ready["admin"].clone()).expect("admin address");
+        if yaml.contains("proxy_protocol: true") {
+            g.admin_prefix = format!(
+                "PROXY TCP4 127.0.0.1 127.0.0.1 40000 {}\r\n",
+                g.admin.port()
+            );
+        }
         g.wait_ready().await;
         g
+    }
+
+    /// Waits for `run --ready-file` to appear (written once every listener
+    /// accepts connections) and parses it.
+    async fn ready_file(&mut self, path: &std::path::Path) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(20);
+        let exited = loop {
+            if let Ok(text) = std::fs::read(path) {
+                return serde_json::from_slice(&text).expect("ready file JSON");
+            }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > end {
+                break exited;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        panic!(
+            "gate wrote no ready file (exit: {exited:?}); log:\n{}",
+            self.logs()
+        )
     }
 
     async fn wait_ready(&mut self) {
@@ -735,12 +769,6 @@ impl Gate {
                 self.logs()
             );
         }
-        let gate = self.addr;
-        eventually(Duration::from_secs(10), || async {
-            TcpStream::connect(gate).await.ok().map(|_| ())
-        })
-        .await
-        .expect("gate listener up");
     }
 
     pub fn logs(&self) -> String {
@@ -1047,8 +1075,7 @@ impl Gate {
     pub async fn start_with_login(setup: &Setup, login: &str) -> Gate {
         let dir = scratch_dir("gate");
         let users = users_file(&dir);
-        let (listen, admin) = (free_port(), free_port());
-        let yaml = setup.yaml(listen, admin, &users);
+        let yaml = setup.yaml(0, 0, &users);
         let standard = format!(
             "login:\n  users_file: {}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
             users.display()
@@ -1061,7 +1088,7 @@ impl Gate {
             .replace("{users}", &users.display().to_string())
             .replace("{cheap_users}", &users.display().to_string());
         let yaml = yaml.replacen(&standard, &format!("login:\n{login}"), 1);
-        Self::start_yaml(dir, &yaml, listen, admin, &[]).await
+        Self::start_yaml(dir, &yaml, &[]).await
     }
 
     /// [`Gate::send`] from another client address (any of 127.0.0.0/8), so
