@@ -105,7 +105,11 @@ pub fn run(
     let keepalive = cfg.server.keepalive_timeout;
     let configured = crate::bind::Addresses {
         listen: cfg.listen.clone(),
-        tls_listen: cfg.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default(),
+        tls_listen: cfg
+            .tls
+            .as_ref()
+            .map(|t| t.listen.clone())
+            .unwrap_or_default(),
         admin: cfg.admin.as_ref().map(|a| a.listen),
     };
     let (bound, reserved) = crate::bind::reserve(&configured)?;
@@ -162,7 +166,8 @@ pub fn run(
     // bodies into its own buffers anyway, and the default 64 KiB buffer is
     // zero-filled per connection, which an idle WebSocket pays for in RSS.
     let endpoint = |addr: &SocketAddr| {
-        let l = ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0));
+        let l =
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0));
         match reserved.options(addr) {
             Some(o) => l.tcp_socket_options(o),
             None => l,

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use crate::support::*;
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use crate::support::*;
+use serde_json::{Value, json};
 
 const STANDARD_LIMITS: &str = "rate_limit: {per_ip: 1000/min, per_user: 1000/min}";
 

@@ -736,7 +736,10 @@ impl Gate {
             if let Ok(text) = std::fs::read(path) {
                 return serde_json::from_slice(&text).expect("ready file JSON");
             }
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > end {
                 break exited;
             }
