@@ -426,12 +426,14 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
 async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0() {
     let redis = Redis::spawn().await;
     let ws = Upstream::ws().await;
-    // An upstream that signals when a request reaches it and answers 700 ms
-    // later: in flight when SIGTERM lands.
+    // An upstream that signals when a request reaches it and answers only
+    // when the test lets it, once the gate is shutting down: the request is
+    // in flight when SIGTERM lands, and still is as the drain begins.
     let arrived = Arc::new(tokio::sync::Notify::new());
-    let signal = arrived.clone();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (signal, go) = (arrived.clone(), release.clone());
     let slow = Upstream::custom(move |mut s| {
-        let signal = signal.clone();
+        let (signal, go) = (signal.clone(), go.clone());
         async move {
             let mut buf = [0u8; 4096];
             use tokio::io::AsyncReadExt;
@@ -440,7 +442,7 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
                 return;
             }
             signal.notify_one();
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            go.notified().await;
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
                 .await;
@@ -466,12 +468,7 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
         .await
         .expect("the request reaches the upstream");
     gate.signal("TERM");
-    let r = in_flight
-        .await
-        .unwrap()
-        .expect("in-flight request completes");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "slow");
+    // The WebSocket's Close 1001 says the shutdown has begun.
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match client.next().await {
@@ -486,6 +483,13 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
     .await
     .expect("Close frame in time");
     assert_eq!(closed.map(|c| c.0), Some(1001));
+    release.notify_one();
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow");
     // Exits once drained, well before the 5 s grace period runs out.
     assert_eq!(
         gate.wait_exit(Duration::from_secs(3)).await,
