@@ -1,11 +1,11 @@
-//! Test harness: real processes on free loopback ports, each test its own.
+//! Test harness: real processes on loopback, each test its own.
 //!
 //! `Redis::spawn()` starts a private `redis-server`; `Upstream::http()` /
-//! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime;
-//! `Gate::start(&Setup::redis(&redis).routes(..))` (or `Gate::start_yaml` for
-//! a config of the test's own) runs the real `sessiongate` binary and waits
-//! until it answers `/healthz` and accepts connections. Everything is killed
-//! on drop.
+//! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime
+//! (bound to port 0); `Gate::start(&Setup::redis(&redis).routes(..))` (or
+//! `Gate::start_yaml` for a config of the test's own) runs the real
+//! `sessiongate` binary on port 0, learns its ports from `run --ready-file`
+//! and waits until it answers `/healthz`. Everything is killed on drop.
 //! Waiting is done by probing readiness, never by fixed sleeps.
 
 #![allow(dead_code)]
@@ -51,11 +51,9 @@ where
 }
 
 pub fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "sg-test-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("sg-test-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).expect("scratch dir");
     d
 }
@@ -67,7 +65,7 @@ pub struct Redis {
 
 impl Redis {
     pub async fn spawn() -> Redis {
-        Self::spawn_on(free_port()).await
+        Self::spawn_free(|_| (Vec::new(), ())).await.0
     }
 
     pub async fn spawn_on(port: u16) -> Redis {
@@ -76,6 +74,29 @@ impl Redis {
 
     /// A redis-server with extra arguments (e.g. `--replicaof 127.0.0.1 P`).
     pub async fn spawn_with(port: u16, extra: &[&str]) -> Redis {
+        Self::try_spawn(port, extra)
+            .await
+            .unwrap_or_else(|| panic!("redis-server exited at start on {port}"))
+    }
+
+    /// A redis-server on a free port, with the extra arguments (and whatever
+    /// the caller keeps of them) `args(port)` gives. redis-server cannot bind
+    /// port 0 and say which port it got, so a port another test took between
+    /// the pick and the bind is tried again on a new one.
+    pub async fn spawn_free<T>(args: impl Fn(u16) -> (Vec<String>, T)) -> (Redis, T) {
+        for _ in 0..5 {
+            let port = free_port();
+            let (extra, kept) = args(port);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            if let Some(r) = Self::try_spawn(port, &extra).await {
+                return (r, kept);
+            }
+        }
+        panic!("redis-server found no free port in 5 tries");
+    }
+
+    /// Starts a redis-server; `None` when it exits at start (its port is taken).
+    async fn try_spawn(port: u16, extra: &[&str]) -> Option<Redis> {
         // Its own working directory: a replica's full sync makes the master
         // write dump.rdb to its cwd, and a redis-server started in a folder
         // holding one loads it, so a shared cwd leaks sessions between tests.
@@ -98,17 +119,24 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (make test installs it)");
-        let r = Redis { child, port };
-        let ok = eventually(Duration::from_secs(10), || async {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            s.write_all(b"PING\r\n").await.ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
-        })
-        .await;
-        assert!(ok.is_some(), "redis-server did not come up on {port}");
-        r
+        let pid = child.id();
+        let mut r = Redis { child, port };
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The server that answers must be this one, not another test's
+            // that holds the port.
+            if is_redis_pid(port, pid).await {
+                return Some(r);
+            }
+            if let Ok(Some(_)) = r.child.try_wait() {
+                return None;
+            }
+            assert!(
+                Instant::now() < end,
+                "redis-server did not come up on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn url(&self) -> String {
@@ -132,6 +160,31 @@ impl Redis {
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status();
     }
+}
+
+/// Whether the server answering on `port` is the process `pid` (`INFO
+/// server` names its `process_id`).
+async fn is_redis_pid(port: u16, pid: u32) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"INFO server\r\n").await.is_err() {
+        return false;
+    }
+    let want = format!("process_id:{pid}\r\n");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        // The reply's last field ends in a blank line of its own.
+        while !got.ends_with(b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let _ = read.await;
+    String::from_utf8_lossy(&got).contains(&want)
 }
 
 impl Drop for Redis {
@@ -235,25 +288,30 @@ impl RedisTls {
     pub async fn spawn() -> RedisTls {
         let dir = scratch_dir("tls");
         let certs = TestCerts::make(&dir);
-        let tls_port = free_port().to_string();
         let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_owned();
         let (cert, key, ca) = (s(&certs.cert), s(&certs.key), s(&certs.ca));
-        let args = [
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        let redis = Redis::spawn_with(free_port(), &args).await;
+        let (redis, tls_port) = Redis::spawn_free(|_| {
+            let tls_port = free_port();
+            let args = [
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .map(str::to_owned)
+            .into();
+            (args, tls_port)
+        })
+        .await;
         RedisTls {
             redis,
-            tls_port: tls_port.parse().expect("port"),
+            tls_port,
             ca: certs.ca,
             dir,
         }
@@ -289,32 +347,35 @@ impl RedisCluster {
     /// `masters` masters with `replicas_each` replicas each.
     pub async fn spawn_shaped(masters: usize, replicas_each: usize) -> RedisCluster {
         let dir = scratch_dir("cluster");
-        let mut args = Vec::new();
-        for _ in 0..masters * (1 + replicas_each) {
-            let port = free_port();
-            let conf = dir.join(format!("nodes-{port}.conf"));
-            let node: Vec<String> = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                conf.to_str().expect("utf-8 path"),
-                "--cluster-port",
-                &free_port().to_string(),
-                "--cluster-node-timeout",
-                "2000",
-                "--dir",
-                dir.to_str().expect("utf-8 path"),
-            ]
-            .map(str::to_owned)
-            .into();
-            args.push((port, node));
-        }
         let mut c = RedisCluster {
             nodes: Vec::new(),
-            args,
+            args: Vec::new(),
             dir,
         };
-        c.start_nodes().await;
+        for _ in 0..masters * (1 + replicas_each) {
+            let dir = c.dir.clone();
+            let (node, args) = Redis::spawn_free(|port| {
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                let args: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().expect("utf-8 path"),
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--dir",
+                    dir.to_str().expect("utf-8 path"),
+                ]
+                .map(str::to_owned)
+                .into();
+                (args.clone(), args)
+            })
+            .await;
+            c.args.push((node.port, args));
+            c.nodes.push(node);
+        }
         let addrs: Vec<String> = c
             .nodes
             .iter()
@@ -1130,8 +1191,11 @@ impl SentinelSet {
     pub async fn spawn() -> SentinelSet {
         let master = Redis::spawn().await;
         let master_port = master.port.to_string();
-        let replica =
-            Redis::spawn_with(free_port(), &["--replicaof", "127.0.0.1", &master_port]).await;
+        let (replica, ()) = Redis::spawn_free(|_| {
+            let args = ["--replicaof", "127.0.0.1", &master_port].map(str::to_owned);
+            (args.into(), ())
+        })
+        .await;
         let sentinel = sentinel(master.port).await;
         let con = sentinel
             .client()
@@ -1209,17 +1273,21 @@ pub async fn wait_replicated(master: &Redis) -> bool {
 /// call a master down, quorum 1.
 pub async fn sentinel(master: u16) -> Redis {
     let dir = scratch_dir("sentinel");
-    let port = free_port();
     let conf = dir.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "sentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
-        ),
-    )
-    .expect("sentinel conf");
     let conf = conf.display().to_string();
-    Redis::spawn_with(port, &[conf.as_str(), "--sentinel"]).await
+    Redis::spawn_free(|_| {
+        // A Sentinel rewrites its config file: a fresh one per try.
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
+            ),
+        )
+        .expect("sentinel conf");
+        (vec![conf.clone(), "--sentinel".to_owned()], ())
+    })
+    .await
+    .0
 }
 
 /// A WebSocket client of the gate's `/gateway/chat` (the [`routes`] gateway).
