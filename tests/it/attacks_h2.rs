@@ -134,8 +134,7 @@ async fn edge(server: &str, top: &str) -> Edge {
     let (rec, seen) = recording().await;
     let ca = Ca::new(&scratch_dir("attacks-h2-ca"));
     let cert = ca.issue("default.test", "DNS:default.test,IP:127.0.0.1", 2);
-    let port = free_port();
-    let extra = format!("{server}{}{top}", tls_yaml(port, &[&cert], ""));
+    let extra = format!("{server}{}{top}", tls_yaml(0, &[&cert], ""));
     let gate = Gate::start(
         &Setup::redis(&redis)
             .extra(&extra)
@@ -146,7 +145,7 @@ async fn edge(server: &str, top: &str) -> Edge {
         _redis: redis,
         _rec: rec,
         seen,
-        tls: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: gate.tls[0],
         gate,
     }
 }

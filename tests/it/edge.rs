@@ -21,6 +21,11 @@ struct Edge {
 /// A gate with one plain and one TLS listener; `certs` (the first the
 /// default) and extra `tls:` lines, and top-level yaml `more`.
 async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge {
+    edge_on(0, certs, tls_extra, more).await
+}
+
+/// [`edge_with`] with the TLS listener on `port` (0: the gate picks one).
+async fn edge_on(port: u16, certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
@@ -31,7 +36,6 @@ async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge 
         .map(|(tag, sans)| ca.issue(tag, sans, 2))
         .collect();
     let refs: Vec<&Issued> = issued.iter().collect();
-    let port = free_port();
     let extra = format!("{}{more}", tls_yaml(port, &refs, tls_extra));
     let gate = Gate::start(
         &Setup::redis(&redis)
@@ -44,7 +48,7 @@ async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge 
         _http: http,
         _ws: ws,
         ca,
-        tls: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: gate.tls[0],
         gate,
     }
 }
@@ -174,7 +178,8 @@ async fn old_tls_versions_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_plain_answers_308_to_the_same_url_on_https() {
-    let e = edge_with(&[DEFAULT_CERT], "  redirect_plain: true\n", "").await;
+    // The redirect names the configured TLS port: a real one, not 0.
+    let e = edge_on(free_port(), &[DEFAULT_CERT], "  redirect_plain: true\n", "").await;
     let r = e
         .gate
         .req("GET /controller/shop/a%20b?x=1&y=2 HTTP/1.1\r\nHost: Gate.Test:6090\r\n\r\n")
@@ -769,14 +774,13 @@ async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
     let dir = scratch_dir("edge-chromium");
     let ca = Ca::new(&dir);
     let cert = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1", 2);
-    let port = free_port();
     let routes = format!(
         "  - name: app\n    kind: controller\n    path: /app\n    upstreams: [\"{}\"]\n    auth: public\n",
         page.addr
     );
     let users = users_file(&dir);
     let yaml = Setup::redis(&redis)
-        .extra(&tls_yaml(port, &[&cert], ""))
+        .extra(&tls_yaml(0, &[&cert], ""))
         .routes(&routes)
         .yaml(0, 0, &users)
         .replace(
@@ -802,7 +806,7 @@ async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--dump-dom")
-            .arg(format!("https://127.0.0.1:{port}/app/"))
+            .arg(format!("https://{}/app/", gate.tls[0]))
             .kill_on_drop(true)
             .output(),
     )
@@ -973,17 +977,12 @@ async fn a_gate_with_only_tls_listeners_serves() {
     let dir = scratch_dir("edge-tls-only");
     let ca = Ca::new(&dir);
     let cert = ca.issue("only.test", "DNS:only.test,IP:127.0.0.1", 2);
-    let port = free_port();
     let users = users_file(&dir);
     let yaml = Setup::redis(&redis)
-        .extra(&tls_yaml(port, &[&cert], ""))
+        .extra(&tls_yaml(0, &[&cert], ""))
         .routes(&routes(http_up.addr, http_up.addr))
-        .yaml(port, 0, &users)
-        .replacen(
-            &format!("listen: [\"127.0.0.1:{port}\"]\n"),
-            "listen: []\n",
-            1,
-        );
+        .yaml(0, 0, &users)
+        .replacen("listen: [\"127.0.0.1:0\"]\n", "listen: []\n", 1);
     assert!(yaml.starts_with("listen: []\n"), "{yaml}");
     // With no plain listener, the harness's `gate.addr` is the TLS one.
     let gate = Gate::start_yaml(dir, &yaml, &[]).await;
