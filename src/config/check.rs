@@ -234,7 +234,7 @@ impl<'a> Ctx<'a> {
             }
         };
         for (i, a) in listen.iter().enumerate() {
-            if shares_a_socket(a, &plain) {
+            if shares_a_socket(a, plain) {
                 self.err(
                     &format!("tls.listen[{i}]"),
                     format!("`{a}` is also a plain `listen` address"),
