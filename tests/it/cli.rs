@@ -250,11 +250,9 @@ async fn demo_serves_the_tour_it_prints() {
 async fn run_gives_each_port_zero_listener_its_own_port_and_names_it_in_the_ready_file() {
     let dir = scratch_dir("cli-ready");
     let users = users_file(&dir);
-    let yaml = Setup::memory().yaml(0, 0, &users).replacen(
-        "listen: [\"127.0.0.1:0\"]",
-        "listen: [\"127.0.0.1:0\", \"127.0.0.1:0\"]",
-        1,
-    );
+    let yaml = Setup::memory()
+        .patch(serde_json::json!({"listen": ["127.0.0.1:0", "127.0.0.1:0"]}))
+        .text(0, 0, &users);
     let gate = Gate::start_yaml(dir.clone(), &yaml, &[]).await;
     let ready: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("ready.json")).unwrap()).unwrap();
@@ -287,8 +285,8 @@ async fn run_gives_each_port_zero_listener_its_own_port_and_names_it_in_the_read
     let f = upgrade_dir.join("sessiongate.yaml");
     let pid_file = upgrade_dir.join("gate.pid");
     let yaml = Setup::memory()
-        .extra(&format!("  pid_file: {}\n", pid_file.display()))
-        .yaml(0, 0, &users);
+        .server(serde_json::json!({ "pid_file": pid_file }))
+        .text(0, 0, &users);
     std::fs::write(&f, yaml).unwrap();
     let out = bin()
         .args(["run", "--upgrade", "-c"])

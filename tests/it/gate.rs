@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use crate::support::*;
+use serde_json::{Value, json};
 
 async fn setup() -> (Redis, Upstream, Upstream, Gate) {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes(http.addr, ws.addr))).await;
     (redis, http, ws, gate)
 }
 
@@ -273,11 +274,8 @@ async fn refused_upstream_is_502_and_hanging_upstream_is_504() {
     let redis = Redis::spawn().await;
     let hang = Upstream::hanging().await;
     let dead = free_port();
-    let routes = format!(
-        "  - name: dead\n    kind: controller\n    path: /dead\n    upstreams: [\"127.0.0.1:{dead}\"]\n    auth: public\n  - name: slow\n    kind: controller\n    path: /slow\n    upstreams: [\"{}\"]\n    auth: public\n    timeout: 500ms\n",
-        hang.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "dead", "kind": "controller", "path": "/dead", "upstreams": [format!("127.0.0.1:{dead}")], "auth": "public"}, {"name": "slow", "kind": "controller", "path": "/slow", "upstreams": [hang.addr.to_string()], "auth": "public", "timeout": "500ms"}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let r = gate.get("/dead/x", None).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error(), "upstream_unavailable");
@@ -315,11 +313,8 @@ async fn round_robin_spreads_and_skips_a_dead_upstream() {
     let a = named("a").await;
     let b = named("b").await;
     let dead = free_port();
-    let routes = format!(
-        "  - name: rr\n    kind: controller\n    path: /rr\n    upstreams: [\"{}\", \"127.0.0.1:{dead}\", \"{}\"]\n    auth: public\n",
-        a.addr, b.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "rr", "kind": "controller", "path": "/rr", "upstreams": [a.addr.to_string(), format!("127.0.0.1:{dead}"), b.addr.to_string()], "auth": "public"}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let mut served = std::collections::BTreeMap::new();
     for _ in 0..9 {
         let r = gate.get("/rr/x", None).await;
@@ -345,7 +340,7 @@ async fn redis_outage_is_503_with_retry_after_and_recovers() {
     let port = redis.port;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes(http.addr, ws.addr))).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&ticket)).await.status,
@@ -406,11 +401,9 @@ async fn grace_mode_admits_recently_seen_sessions_through_an_outage() {
     let mut redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&redis).routes(&routes(http.addr, ws.addr));
-    setup.store = format!(
-        "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n  on_unavailable: grace\n  grace: 30s\n",
-        redis.url()
-    );
+    let setup = Setup::redis(&redis)
+        .routes(routes(http.addr, ws.addr))
+        .patch(json!({"store": {"on_unavailable": "grace", "grace": "30s"}}));
     let gate = Gate::start(&setup).await;
     let (seen, _) = gate.login("alice", "wonderland").await;
     let (unseen, _) = gate.login("bob", "builder").await;
@@ -463,8 +456,9 @@ async fn sentinel_failover_is_followed() {
     let set = SentinelSet::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&set.master).routes(&routes(http.addr, ws.addr));
-    setup.store = set.store_yaml();
+    let setup = Setup::redis(&set.master)
+        .routes(routes(http.addr, ws.addr))
+        .store(set.store());
     let gate = Gate::start(&setup).await;
     let (before, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
@@ -521,8 +515,9 @@ async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
     let set = SentinelSet::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&set.master).routes(&routes(http.addr, ws.addr));
-    setup.store = set.store_yaml();
+    let setup = Setup::redis(&set.master)
+        .routes(routes(http.addr, ws.addr))
+        .store(set.store());
     let gate = Gate::start(&setup).await;
     let other = Gate::start(&setup).await;
     let (alice, _) = gate.login("alice", "wonderland").await;
@@ -590,15 +585,15 @@ async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
 async fn redis_over_tls_is_verified_against_the_configured_ca() {
     let redis = RedisTls::spawn().await;
     let http = Upstream::http().await;
-    let store = |tls: &str| Setup {
-        store: format!(
-            "store:\n  kind: redis\n  url: {}\n  timeout: 500ms\n{tls}",
-            redis.url()
-        ),
-        ..Setup::memory()
+    let store = |tls: Value| {
+        let mut store = json!({"kind": "redis", "url": redis.url(), "timeout": "500ms"});
+        if !tls.is_null() {
+            store["tls"] = tls;
+        }
+        Setup::memory().store(store)
     };
-    let trusted = store(&format!("  tls:\n    ca_file: {}\n", redis.ca.display()));
-    let gate = Gate::start(&trusted.routes(&routes(http.addr, http.addr))).await;
+    let trusted = store(json!({"ca_file": redis.ca}));
+    let gate = Gate::start(&trusted.routes(routes(http.addr, http.addr))).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&ticket)).await.status,
@@ -606,7 +601,7 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     );
     assert_eq!(gate.admin_req("GET", "/readyz").await.status, 200);
 
-    let untrusted = Gate::start(&store("").routes(&routes(http.addr, http.addr))).await;
+    let untrusted = Gate::start(&store(Value::Null).routes(routes(http.addr, http.addr))).await;
     let r = untrusted.try_login("alice", "wonderland").await;
     assert_eq!((r.status, r.error()), (503, "store_unavailable".to_owned()));
     assert_eq!(untrusted.admin_req("GET", "/readyz").await.status, 503);
@@ -621,12 +616,12 @@ async fn a_tls_upstream_is_verified_against_the_routes_ca() {
     let dir = scratch_dir("https");
     let certs = TestCerts::make(&dir);
     let up = Upstream::https(&certs).await;
-    let routes = format!(
-        "  - name: secure\n    kind: controller\n    path: /secure\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{ca_file: \"{ca}\"}}\n  - name: untrusted\n    kind: controller\n    path: /untrusted\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{}}\n",
-        a = up.addr,
-        ca = certs.ca.display()
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = {
+        let a = up.addr;
+        let ca = certs.ca.display();
+        serde_json::json!([{"name": "secure", "kind": "controller", "path": "/secure", "upstreams": [a.to_string()], "auth": "required", "tls": {"ca_file": ca.to_string()}}, {"name": "untrusted", "kind": "controller", "path": "/untrusted", "upstreams": [a.to_string()], "auth": "required", "tls": {}}])
+    };
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate.get("/secure/x", Some(&ticket)).await;
     assert_eq!((r.status, r.text()), (200, "tls:u-alice".to_owned()));

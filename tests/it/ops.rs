@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -21,7 +22,7 @@ async fn env() -> Env {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let setup = Setup::redis(&redis).routes(&routes(http.addr, ws.addr));
+    let setup = Setup::redis(&redis).routes(routes(http.addr, ws.addr));
     Env {
         redis,
         http,
@@ -167,8 +168,7 @@ async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
     let e = env().await;
     let dir = scratch_dir("log");
     let users = users_file(&dir);
-    let yaml = e.setup.yaml(0, 0, &users);
-    let gate = Gate::start_yaml(dir, &yaml, &["--log-format", "json"]).await;
+    let gate = Gate::start_yaml(dir, &e.setup.text(0, 0, &users), &["--log-format", "json"]).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     gate.get("/controller/shop/items?secret=1", Some(&ticket))
@@ -231,16 +231,18 @@ async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
     );
 }
 
-fn with_route(e: &Env, extra: &str) -> Setup {
-    let mut s =
-        Setup::redis(&e.redis).routes(&format!("{}{extra}", routes(e.http.addr, e.ws.addr)));
-    s.sessions = e.setup.sessions.clone();
-    s
+/// The test's config with `extra` routes after the standard ones.
+fn with_route(e: &Env, extra: Value) -> Setup {
+    let mut all = routes(e.http.addr, e.ws.addr);
+    if let (Some(list), Value::Array(extra)) = (all.as_array_mut(), extra) {
+        list.extend(extra);
+    }
+    e.setup.clone().routes(all)
 }
 
 fn rewrite(gate: &Gate, setup: &Setup) {
     let users = gate.dir.join("users.yaml");
-    let yaml = setup.yaml(gate.addr.port(), gate.admin.port(), &users);
+    let yaml = setup.text(gate.addr.port(), gate.admin.port(), &users);
     // Write then rename, as editors and config managers do, so the watcher never reads half a file.
     let tmp = gate.dir.join("next.yaml");
     std::fs::write(&tmp, yaml).unwrap();
@@ -289,11 +291,8 @@ async fn sighup_and_file_changes_reload_routes_without_dropping_connections() {
         })
     };
 
-    let extra = format!(
-        "  - name: extra\n    kind: controller\n    path: /extra\n    upstreams: [\"{}\"]\n    auth: public\n",
-        e.http.addr
-    );
-    rewrite(&gate, &with_route(&e, &extra));
+    let extra = serde_json::json!([{"name": "extra", "kind": "controller", "path": "/extra", "upstreams": [e.http.addr.to_string()], "auth": "public"}]);
+    rewrite(&gate, &with_route(&e, extra));
     gate.signal("HUP");
     let added = eventually(Duration::from_secs(5), || async {
         (gate.get("/extra/x", None).await.status == 200).then_some(())
@@ -378,14 +377,15 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
     let (old, _) = gate.login("alice", "wonderland").await;
     let new_secret = sessiongate::ticket::new_secret();
     let users = gate.dir.join("users.yaml");
-    let rotated = e
-        .setup
-        .yaml(gate.addr.port(), gate.admin.port(), &users)
-        .replace(
-            "    - id: k1\n",
-            &format!("    - id: k2\n      secret: {new_secret}\n    - id: k1\n"),
-        );
-    std::fs::write(&gate.config, &rotated).unwrap();
+    let keys = |keys: Value| {
+        e.setup
+            .clone()
+            .patch(json!({"tickets": {"keys": keys}}))
+            .text(gate.addr.port(), gate.admin.port(), &users)
+    };
+    let k1 = json!({"id": "k1", "secret": SECRET});
+    let k2 = json!({"id": "k2", "secret": new_secret});
+    std::fs::write(&gate.config, keys(json!([k2, k1]))).unwrap();
     gate.signal("HUP");
     let (fresh, _) = eventually(Duration::from_secs(5), || async {
         let (t, r) = gate.login("alice", "wonderland").await;
@@ -404,8 +404,7 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
         200
     );
     // Drop k1: its tickets stop verifying.
-    let only_new = rotated.replace(&format!("    - id: k1\n      secret: {SECRET}\n"), "");
-    std::fs::write(&gate.config, only_new).unwrap();
+    std::fs::write(&gate.config, keys(json!([k2]))).unwrap();
     gate.signal("HUP");
     let dropped = eventually(Duration::from_secs(5), || async {
         (gate.get("/controller/shop/x", Some(&old)).await.status == 401).then_some(())
@@ -449,11 +448,8 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
         }
     })
     .await;
-    let routes = format!(
-        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n  - name: slow\n    kind: controller\n    path: /slow\n    upstreams: [\"{}\"]\n    auth: public\n",
-        ws.addr, slow.addr
-    );
-    let mut gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "chat", "kind": "gateway", "path": "/gateway/chat", "upstreams": [ws.addr.to_string()], "auth": "required"}, {"name": "slow", "kind": "controller", "path": "/slow", "upstreams": [slow.addr.to_string()], "auth": "public"}]);
+    let mut gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let (mut client, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/gateway/chat?ticket={ticket}",

@@ -625,92 +625,126 @@ pub fn users_file(dir: &std::path::Path) -> PathBuf {
     p
 }
 
-/// Options for the standard test config.
+/// Stands for the standard users file in a [`Setup`]: [`Setup::text`] puts
+/// the path of the one it was given there.
+pub const USERS: &str = "{users}";
+
+/// The standard test config as data. A test changes it with merge patches
+/// (RFC 7386: objects merge key by key, `null` removes a key, anything else,
+/// arrays included, replaces), and [`Setup::text`] writes it as JSON, which
+/// the gate reads as the YAML it is.
+#[derive(Clone, Debug)]
 pub struct Setup {
-    pub store: String,
-    pub sessions: String,
-    pub routes: String,
-    pub login_extra: String,
-    pub extra: String,
+    config: serde_json::Value,
 }
 
 impl Setup {
     pub fn redis(r: &Redis) -> Setup {
-        Setup {
-            store: format!(
-                "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n",
-                r.url()
-            ),
-            sessions: String::new(),
-            routes: String::new(),
-            login_extra: String::new(),
-            extra: String::new(),
-        }
+        Self::on_store(serde_json::json!({"kind": "redis", "url": r.url(), "timeout": "200ms"}))
     }
 
     pub fn cluster(c: &RedisCluster) -> Setup {
-        let nodes: Vec<String> = c.urls().iter().map(|u| format!("\"{u}\"")).collect();
-        Setup {
-            store: format!(
-                "store:\n  kind: redis\n  cluster: [{}]\n  timeout: 500ms\n",
-                nodes.join(", ")
-            ),
-            sessions: String::new(),
-            routes: String::new(),
-            login_extra: String::new(),
-            extra: String::new(),
-        }
+        Self::on_store(
+            serde_json::json!({"kind": "redis", "cluster": c.urls(), "timeout": "500ms"}),
+        )
     }
 
     pub fn memory() -> Setup {
+        Self::on_store(serde_json::json!({"kind": "memory"}))
+    }
+
+    /// The standard config on `store`: one key, the users file with cheap
+    /// rate limits, a short grace period and a placeholder route.
+    pub fn on_store(store: serde_json::Value) -> Setup {
         Setup {
-            store: "store:\n  kind: memory\n".into(),
-            sessions: String::new(),
-            routes: String::new(),
-            login_extra: String::new(),
-            extra: String::new(),
+            config: serde_json::json!({
+                "admin": {"token": ADMIN_TOKEN},
+                "store": store,
+                "tickets": {
+                    "keys": [{"id": "k1", "secret": SECRET}],
+                    "cookie": {"name": "sg_ticket", "secure": false},
+                },
+                "login": {
+                    "users_file": USERS,
+                    "rate_limit": {"per_ip": "1000/min", "per_user": "1000/min"},
+                },
+                "server": {"grace_period": "5s", "shutdown_timeout": "2s"},
+                "routes": [{
+                    "name": "none", "kind": "controller", "path": "/none",
+                    "upstreams": ["127.0.0.1:9"], "auth": "public",
+                }],
+            }),
         }
     }
 
-    pub fn sessions(mut self, yaml: &str) -> Setup {
-        self.sessions = yaml.to_owned();
+    /// Applies a merge patch to the whole config.
+    pub fn patch(mut self, patch: serde_json::Value) -> Setup {
+        merge_patch(&mut self.config, patch);
         self
     }
 
-    /// Route entries (each starting with `  - name:`).
-    pub fn routes(mut self, yaml: &str) -> Setup {
-        self.routes = yaml.to_owned();
+    /// Replaces the `store` block.
+    pub fn store(mut self, store: serde_json::Value) -> Setup {
+        self.config["store"] = store;
         self
     }
 
-    pub fn login_extra(mut self, yaml: &str) -> Setup {
-        self.login_extra = yaml.to_owned();
+    pub fn sessions(self, sessions: serde_json::Value) -> Setup {
+        self.patch(serde_json::json!({ "sessions": sessions }))
+    }
+
+    /// Replaces the routes (an array of route objects).
+    pub fn routes(mut self, routes: serde_json::Value) -> Setup {
+        self.config["routes"] = routes;
         self
     }
 
-    pub fn extra(mut self, yaml: &str) -> Setup {
-        self.extra = yaml.to_owned();
-        self
+    pub fn login(self, login: serde_json::Value) -> Setup {
+        self.patch(serde_json::json!({ "login": login }))
     }
 
-    pub fn yaml(&self, listen: u16, admin: u16, users: &std::path::Path) -> String {
-        format!(
-            "listen: [\"127.0.0.1:{listen}\"]\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n  token: {ADMIN_TOKEN}\n{store}tickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\n  cookie: {{name: sg_ticket, secure: false}}\n{sessions}login:\n  users_file: {users}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n{login_extra}server:\n  grace_period: 5s\n  shutdown_timeout: 2s\n{extra}routes:\n{routes}",
-            store = self.store,
-            sessions = if self.sessions.is_empty() {
-                String::new()
-            } else {
-                format!("sessions:\n{}", self.sessions)
-            },
-            users = users.display(),
-            login_extra = self.login_extra,
-            extra = self.extra,
-            routes = if self.routes.is_empty() {
-                "  - name: none\n    kind: controller\n    path: /none\n    upstreams: [\"127.0.0.1:9\"]\n    auth: public\n".to_owned()
-            } else {
-                self.routes.clone()
-            },
-        )
+    pub fn server(self, server: serde_json::Value) -> Setup {
+        self.patch(serde_json::json!({ "server": server }))
+    }
+
+    /// The config file's text, listening on `listen` and `admin` (0: the gate
+    /// picks) unless the config names its own, with `users` for [`USERS`].
+    pub fn text(&self, listen: u16, admin: u16, users: &std::path::Path) -> String {
+        let mut c = self.config.clone();
+        if c.get("listen").is_none() {
+            c["listen"] = serde_json::json!([format!("127.0.0.1:{listen}")]);
+        }
+        if let Some(a) = c.get_mut("admin").and_then(|a| a.as_object_mut()) {
+            a.entry("listen")
+                .or_insert_with(|| format!("127.0.0.1:{admin}").into());
+        }
+        if let Some(f) = c.pointer_mut("/login/users_file")
+            && f == USERS
+        {
+            *f = users.display().to_string().into();
+        }
+        serde_json::to_string_pretty(&c).expect("config as JSON")
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut serde_json::Value, patch: serde_json::Value) {
+    let serde_json::Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let Some(t) = target.as_object_mut() else {
+        return;
+    };
+    for (k, v) in patch {
+        if v.is_null() {
+            t.remove(&k);
+        } else {
+            merge_patch(t.entry(k).or_insert(serde_json::Value::Null), v);
+        }
     }
 }
 
@@ -735,8 +769,7 @@ impl Gate {
     pub async fn start(setup: &Setup) -> Gate {
         let dir = scratch_dir("gate");
         let users = users_file(&dir);
-        let yaml = setup.yaml(0, 0, &users);
-        Self::start_yaml(dir, &yaml, &[]).await
+        Self::start_yaml(dir, &setup.text(0, 0, &users), &[]).await
     }
 
     /// Starts the gate on a config of the test's own (port 0 lets the gate
@@ -779,7 +812,12 @@ impl Gate {
         // A gate with only TLS listeners is reached on the first of them.
         g.addr = *listen.first().or(tls.first()).expect("a listener");
         g.admin = serde_json::from_value(ready["admin"].clone()).expect("admin address");
-        if yaml.contains("proxy_protocol: true") {
+        // The config is JSON when a Setup wrote it, else a test's own YAML.
+        let proxy_protocol = match serde_json::from_str::<serde_json::Value>(yaml) {
+            Ok(v) => v.pointer("/clients/proxy_protocol") == Some(&serde_json::Value::Bool(true)),
+            Err(_) => yaml.contains("proxy_protocol: true"),
+        };
+        if proxy_protocol {
             g.admin_prefix = format!(
                 "PROXY TCP4 127.0.0.1 127.0.0.1 40000 {}\r\n",
                 g.admin.port()
@@ -1090,71 +1128,31 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Standard routes for the proxy tests.
-pub fn routes(http: SocketAddr, ws: SocketAddr) -> String {
-    format!(
-        r#"  - name: chat
-    kind: gateway
-    path: /gateway/chat
-    upstreams: ["{ws}"]
-    auth: required
-    roles: [player]
-    origins: ["https://app.example.com"]
-  - name: shop
-    kind: controller
-    path: /controller/shop
-    strip_prefix: true
-    upstreams: ["{http}"]
-    auth: required
-  - name: admin-area
-    kind: controller
-    path: /admin
-    upstreams: ["{http}"]
-    auth: required
-    roles: [admin]
-  - name: public
-    kind: controller
-    path: /public
-    upstreams: ["{http}"]
-    auth: public
-  - name: maybe
-    kind: controller
-    path: /maybe
-    upstreams: ["{http}"]
-    auth: optional
-"#
-    )
-}
-
-/// The same file as [`users_file`], whose hashes are now cheap too; kept
-/// for the tests that name `{cheap_users}` in [`Gate::start_with_login`].
-pub fn cheap_users_file(dir: &std::path::Path) -> PathBuf {
-    users_file(dir)
+pub fn routes(http: SocketAddr, ws: SocketAddr) -> serde_json::Value {
+    let route = |name: &str, path: &str, auth: &str| {
+        serde_json::json!({
+            "name": name, "kind": "controller", "path": path,
+            "upstreams": [http.to_string()], "auth": auth,
+        })
+    };
+    let mut shop = route("shop", "/controller/shop", "required");
+    shop["strip_prefix"] = true.into();
+    let mut admin = route("admin-area", "/admin", "required");
+    admin["roles"] = serde_json::json!(["admin"]);
+    serde_json::json!([
+        {
+            "name": "chat", "kind": "gateway", "path": "/gateway/chat",
+            "upstreams": [ws.to_string()], "auth": "required",
+            "roles": ["player"], "origins": ["https://app.example.com"],
+        },
+        shop,
+        admin,
+        route("public", "/public", "public"),
+        route("maybe", "/maybe", "optional"),
+    ])
 }
 
 impl Gate {
-    /// Like [`Gate::start`], with the lines under `login:` replaced by
-    /// `login` (each indented two spaces), for a delegate or low rate limits.
-    /// In `login`, `{users}` (or its older name `{cheap_users}`) stands for
-    /// the standard users file.
-    pub async fn start_with_login(setup: &Setup, login: &str) -> Gate {
-        let dir = scratch_dir("gate");
-        let users = users_file(&dir);
-        let yaml = setup.yaml(0, 0, &users);
-        let standard = format!(
-            "login:\n  users_file: {}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
-            users.display()
-        );
-        assert!(
-            yaml.contains(&standard),
-            "the standard login block changed; update start_with_login:\n{yaml}"
-        );
-        let login = login
-            .replace("{users}", &users.display().to_string())
-            .replace("{cheap_users}", &users.display().to_string());
-        let yaml = yaml.replacen(&standard, &format!("login:\n{login}"), 1);
-        Self::start_yaml(dir, &yaml, &[]).await
-    }
-
     /// [`Gate::send`] from another client address (any of 127.0.0.0/8), so
     /// the gate sees another client IP.
     pub async fn send_from(
@@ -1224,12 +1222,16 @@ impl SentinelSet {
         }
     }
 
-    /// The `store:` block of a gate that finds the master through the Sentinel.
-    pub fn store_yaml(&self) -> String {
-        format!(
-            "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
-            self.sentinel.port
-        )
+    /// The `store` of a gate that finds the master through the Sentinel.
+    pub fn store(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "redis",
+            "sentinel": {
+                "master": "mymaster",
+                "nodes": [format!("redis://127.0.0.1:{}", self.sentinel.port)],
+            },
+            "timeout": "300ms",
+        })
     }
 
     /// The port the Sentinel names as the master now.
