@@ -7,17 +7,9 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::{Value, json};
 
-async fn setup() -> (Redis, Upstream, Upstream, Gate) {
-    let redis = Redis::spawn().await;
-    let http = Upstream::http().await;
-    let ws = Upstream::ws().await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(routes(http.addr, ws.addr))).await;
-    (redis, http, ws, gate)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_route_without_ticket_is_401_missing_ticket() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let r = gate.get("/controller/shop/items", None).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.error(), "missing_ticket");
@@ -27,7 +19,7 @@ async fn required_route_without_ticket_is_401_missing_ticket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_or_garbage_tickets_are_401_invalid_ticket() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut tampered = ticket.clone().into_bytes();
     let i = tampered.len() - 3;
@@ -58,7 +50,7 @@ async fn forged_or_garbage_tickets_are_401_invalid_ticket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_ticket_reaches_upstream_with_identity_headers() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     let r = gate.get("/controller/shop/items?x=1", Some(&ticket)).await;
@@ -103,7 +95,7 @@ async fn valid_ticket_reaches_upstream_with_identity_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_identity_headers_are_stripped_in_any_case() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("bob", "builder").await;
     let r = gate
         .req(&format!(
@@ -130,7 +122,7 @@ async fn forged_identity_headers_are_stripped_in_any_case() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_header_cannot_remove_injected_identity() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate
         .req(&format!(
@@ -145,7 +137,7 @@ async fn connection_header_cannot_remove_injected_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_cookie_is_accepted_and_never_forwarded() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let set_cookie = login.header("set-cookie").unwrap().to_owned();
     assert!(
@@ -172,7 +164,7 @@ async fn ticket_cookie_is_accepted_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_ticket_only_counts_on_websocket_handshakes() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate
         .get(&format!("/controller/shop/x?ticket={ticket}"), None)
@@ -189,7 +181,7 @@ async fn query_ticket_only_counts_on_websocket_handshakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_gate_routes_with_403_forbidden() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate.get("/admin/panel", Some(&ticket)).await;
     assert_eq!(r.status, 403);
@@ -198,7 +190,7 @@ async fn roles_gate_routes_with_403_forbidden() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_route_admits_anonymous_and_identifies_ticket_holders() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let r = gate.get("/maybe/x", None).await;
     assert_eq!(r.status, 200);
     assert!(!r.upstream_headers().contains_key("x-session-id"));
@@ -216,7 +208,7 @@ async fn optional_route_admits_anonymous_and_identifies_ticket_holders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_are_404_no_route_and_segments_match_whole() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for p in ["/nowhere", "/publicity", "/controller/shopping"] {
         let r = gate.get(p, None).await;
         assert_eq!(r.status, 404, "{p}");
@@ -226,7 +218,7 @@ async fn unknown_paths_are_404_no_route_and_segments_match_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_cannot_escape_a_public_prefix() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for p in [
         "/public/../admin/panel",
         "/public/%2e%2e/admin/panel",
@@ -251,7 +243,7 @@ async fn dot_segments_cannot_escape_a_public_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_uri_and_headers_get_414_and_431() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let long = format!("/public/{}", "a".repeat(9000));
     let r = gate.get(&long, None).await;
     assert_eq!(r.status, 414);
@@ -381,7 +373,7 @@ async fn redis_outage_is_503_with_retry_after_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_survives_a_refusal() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     s.write_all(b"GET /controller/shop/x HTTP/1.1\r\nHost: g\r\n\r\n")
@@ -425,7 +417,7 @@ async fn grace_mode_admits_recently_seen_sessions_through_an_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_and_harm_nothing() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let huge = format!(
         "GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",

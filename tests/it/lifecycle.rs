@@ -19,18 +19,6 @@ fn shop(http: SocketAddr) -> Value {
     serde_json::json!([{"name": "shop", "kind": "controller", "path": "/controller/shop", "strip_prefix": true, "upstreams": [http.to_string()], "auth": "required"}])
 }
 
-async fn start(sessions: Value) -> (Redis, Upstream, Gate) {
-    let redis = Redis::spawn().await;
-    let http = Upstream::http().await;
-    let gate = Gate::start(
-        &Setup::redis(&redis)
-            .sessions(sessions)
-            .routes(shop(http.addr)),
-    )
-    .await;
-    (redis, http, gate)
-}
-
 /// Logs in; returns (ticket, session id).
 async fn login(gate: &Gate, user: &str, password: &str) -> (String, String) {
     let (ticket, r) = gate.login(user, password).await;
@@ -122,7 +110,7 @@ fn ids_and_statuses(sessions: &[Value]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_session_is_admitted_everywhere() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, id) = login(&gate, "alice", "wonderland").await;
     let r = gate.get("/controller/shop/x", Some(&ticket)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -134,7 +122,7 @@ async fn active_session_is_admitted_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_is_204_clears_the_cookie_and_answers_session_ended() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, id) = login(&gate, "alice", "wonderland").await;
     let (other, _) = login(&gate, "alice", "wonderland").await;
     let r = gate.post("/_session/logout", Some(&ticket), "").await;
@@ -155,7 +143,7 @@ async fn logout_is_204_clears_the_cookie_and_answers_session_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_from_another_session_answers_session_removed() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (victim, vid) = login(&gate, "alice", "wonderland").await;
     let (me, mid) = login(&gate, "alice", "wonderland").await;
     let r = gate
@@ -178,7 +166,7 @@ async fn delete_from_another_session_answers_session_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_revoke_answers_session_revoked() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, id) = login(&gate, "alice", "wonderland").await;
     let r = gate
         .admin_req("POST", &format!("/admin/sessions/{id}/revoke"))
@@ -199,7 +187,7 @@ async fn admin_revoke_answers_session_revoked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_passing_answers_session_expired() {
-    let (_r, _h, gate) = start(json!({"ttl": "2s"})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({"ttl": "2s"})).await;
     let (ticket, _) = login(&gate, "alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&ticket)).await.status,
@@ -212,8 +200,8 @@ async fn ttl_passing_answers_session_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_answers_session_abandoned_while_activity_keeps_alive() {
-    let (_r, _h, gate) =
-        start(json!({"idle_timeout": "2s", "touch_interval": "500ms", "ttl": "1h"})).await;
+    let (_r, _h, _w, gate) =
+        standard_gate(json!({"idle_timeout": "2s", "touch_interval": "500ms", "ttl": "1h"})).await;
     let (idle, _) = login(&gate, "alice", "wonderland").await;
     let (busy, _) = login(&gate, "alice", "wonderland").await;
     // Requests are activity: the busy session outlives idle_timeout.
@@ -232,7 +220,7 @@ async fn idle_timeout_answers_session_abandoned_while_activity_keeps_alive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_beyond_max_per_user_answers_session_replaced() {
-    let (_r, _h, gate) = start(json!({"max_per_user": 2})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({"max_per_user": 2})).await;
     let (first, fid) = login(&gate, "alice", "wonderland").await;
     let (second, sid2) = login(&gate, "alice", "wonderland").await;
     // Another user's logins do not count.
@@ -256,7 +244,7 @@ async fn login_beyond_max_per_user_answers_session_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_info_has_the_spec_shape() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let l = login.json();
     assert_eq!(keys(&l), BTreeSet::from(["ticket", "session", "user"]));
@@ -287,7 +275,7 @@ async fn session_info_has_the_spec_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touch_moves_last_active_at() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let before = ms(&login.json()["session"]["lastActiveAt"]);
     // Let the clock move on.
@@ -306,7 +294,7 @@ async fn touch_moves_last_active_at() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_issues_a_new_ticket_pushes_expiry_and_stops_at_max_lifetime() {
-    let (_r, _h, gate) = start(json!({"ttl": "10s", "max_lifetime": "12s"})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({"ttl": "10s", "max_lifetime": "12s"})).await;
     let (old, login) = gate.login("alice", "wonderland").await;
     let created = ms(&login.json()["session"]["createdAt"]);
     let first_expiry = ms(&login.json()["session"]["expireAt"]);
@@ -344,7 +332,7 @@ async fn refresh_issues_a_new_ticket_pushes_expiry_and_stops_at_max_lifetime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_is_newest_first_and_leaves_out_removed() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ta, a) = login(&gate, "alice", "wonderland").await;
     let (_tb, b) = login(&gate, "alice", "wonderland").await;
     let (tc, c) = login(&gate, "alice", "wonderland").await;
@@ -383,7 +371,7 @@ async fn list_is_newest_first_and_leaves_out_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_and_delete_reach_only_the_callers_own_sessions() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (alice, _) = login(&gate, "alice", "wonderland").await;
     let (bob, bob_id) = login(&gate, "bob", "builder").await;
     let unknown = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -412,7 +400,7 @@ async fn end_and_delete_reach_only_the_callers_own_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_method_is_405_with_allow() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for (method, path, allow) in [
         ("GET", "/_session/login", "POST"),
         ("POST", "/_session", "GET"),
@@ -433,7 +421,7 @@ async fn wrong_method_is_405_with_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_api_answers_are_never_cached() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (t, first) = gate.login("alice", "wonderland").await;
     let (t2, other) = login(&gate, "alice", "wonderland").await;
     let mut answers = vec![("login", first)];
@@ -467,7 +455,7 @@ async fn session_api_answers_are_never_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_body_over_16_kib_is_413() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let body = login_body("alice", &"x".repeat(17 * 1024), json!({}));
     let r = gate.post("/_session/login", None, &body).await;
     assert_eq!(r.status, 413);
@@ -482,7 +470,7 @@ async fn login_body_over_16_kib_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_login_bodies_and_bad_vars_are_400_naming_the_key() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let many: BTreeMap<String, String> = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
     let long_key = "k".repeat(65);
     let cases: Vec<(String, Option<&str>)> = vec![
@@ -544,7 +532,7 @@ async fn malformed_login_bodies_and_bad_vars_are_400_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_vars_merge_with_the_users_file_winning() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let r = gate
         .post(
             "/_session/login",
@@ -573,7 +561,7 @@ async fn login_vars_merge_with_the_users_file_winning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ids_differ_on_every_login_and_carry_128_bits() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let mut ids = HashSet::new();
     let mut tickets = HashSet::new();
     for _ in 0..12 {
@@ -593,7 +581,7 @@ async fn session_ids_differ_on_every_login_and_carry_128_bits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_and_unknown_user_are_401_bad_credentials() {
-    let (_r, _h, gate) = start(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for (user, pw) in [("alice", "nope"), ("mallory", "wonderland"), ("alice", "")] {
         let r = gate
             .post("/_session/login", None, &login_body(user, pw, json!({})))
@@ -907,7 +895,7 @@ async fn login_rate_limits_per_user_and_per_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_transition_is_published_exactly_once() {
-    let (redis, _h, gate) = start(json!({"ttl": "2s"})).await;
+    let (redis, _h, _w, gate) = standard_gate(json!({"ttl": "2s"})).await;
     let mut ps = redis.client().get_async_pubsub().await.unwrap();
     ps.subscribe("sg:events").await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();

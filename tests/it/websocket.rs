@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -14,19 +14,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn setup_with(sessions: Value) -> (Redis, Upstream, Upstream, Gate) {
-    let redis = Redis::spawn().await;
-    let http = Upstream::http().await;
-    let ws = Upstream::ws().await;
-    let gate = Gate::start(
-        &Setup::redis(&redis)
-            .sessions(sessions)
-            .routes(routes(http.addr, ws.addr)),
-    )
-    .await;
-    (redis, http, ws, gate)
-}
 
 async fn connect(
     gate: &Gate,
@@ -98,7 +85,7 @@ async fn closed_with(ws: &mut Ws, within: Duration) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_needs_a_ticket_and_the_right_origin() {
-    let (_r, _h, _w, gate) = setup_with(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (status, body) = http_status(refused(connect(&gate, None, APP).await, "refused"));
     assert_eq!(status, 401);
     assert!(body.contains("missing_ticket"), "{body}");
@@ -131,7 +118,7 @@ async fn handshake_needs_a_ticket_and_the_right_origin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_from_header_or_cookie_also_opens_a_tunnel() {
-    let (_r, _h, _w, gate) = setup_with(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     for (name, value) in [
         ("authorization", format!("Bearer {ticket}")),
@@ -154,7 +141,7 @@ async fn ticket_from_header_or_cookie_also_opens_a_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_pass_both_ways_unchanged() {
-    let (_r, _h, _w, gate) = setup_with(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     ws.send(Message::Text("héllo ✓".into())).await.unwrap();
@@ -259,7 +246,7 @@ async fn server_first_message_right_after_101_keeps_the_tunnel_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_open_tunnels_with_4401() {
-    let (_r, _h, _w, gate) = setup_with(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     ws.send(Message::Text("x".into())).await.unwrap();
@@ -282,7 +269,7 @@ async fn logout_ends_open_tunnels_with_4401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_revoke_ends_an_idle_tunnel_with_4401() {
-    let (_r, _h, _w, gate) = setup_with(json!({})).await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
@@ -299,7 +286,7 @@ async fn admin_revoke_ends_an_idle_tunnel_with_4401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_ends_a_tunnel_within_a_second() {
     let (_r, _h, _w, gate) =
-        setup_with(json!({"ttl": "2s", "touch_interval": "1s", "idle_timeout": "1m"})).await;
+        standard_gate(json!({"ttl": "2s", "touch_interval": "1s", "idle_timeout": "1m"})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     let (code, reason) = closed_with(&mut ws, Duration::from_secs(4)).await;
@@ -309,7 +296,7 @@ async fn expiry_ends_a_tunnel_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
     let (_r, _h, _w, gate) =
-        setup_with(json!({"idle_timeout": "2s", "touch_interval": "500ms"})).await;
+        standard_gate(json!({"idle_timeout": "2s", "touch_interval": "500ms"})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     // Talk for 4 s, twice the idle timeout: client frames count as activity.
@@ -338,7 +325,7 @@ async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_abandons_exactly_idle_timeout_after_the_last_activity() {
     let (_r, _h, _w, gate) =
-        setup_with(json!({"idle_timeout": "3s", "touch_interval": "1s"})).await;
+        standard_gate(json!({"idle_timeout": "3s", "touch_interval": "1s"})).await;
     let idle = Duration::from_secs(3);
     // Slack: one sweep (250 ms) and loopback round trips.
     let slack = Duration::from_millis(600);

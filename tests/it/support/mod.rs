@@ -1175,6 +1175,20 @@ impl Gate {
     }
 }
 
+/// The usual bed for a test: a private redis-server, the echo upstreams and
+/// a gate in front of them on the standard [`routes`], with `sessions` as its
+/// sessions block.
+pub async fn standard_gate(sessions: serde_json::Value) -> (Redis, Upstream, Upstream, Gate) {
+    let redis = Redis::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let setup = Setup::redis(&redis)
+        .sessions(sessions)
+        .routes(routes(http.addr, ws.addr));
+    let gate = Gate::start(&setup).await;
+    (redis, http, ws, gate)
+}
+
 /// A master, one replica of it, and a Sentinel that already knows the
 /// replica (until it has seen one, a Sentinel cannot promote it).
 pub struct SentinelSet {
