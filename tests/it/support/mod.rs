@@ -2,10 +2,12 @@
 //!
 //! `Redis::spawn()` starts a private `redis-server`; `Upstream::http()` /
 //! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime
-//! (bound to port 0); `Gate::start(&Setup::redis(&redis).routes(..))` (or
-//! `Gate::start_yaml` for a config of the test's own) runs the real
-//! `sessiongate` binary on port 0, learns its ports from `run --ready-file`
-//! and waits until it answers `/healthz`. Everything is killed on drop.
+//! (bound to port 0); `Gate::start(&Setup::redis(&redis).routes(..))` runs
+//! the real `sessiongate` binary on a config built as data ([`Setup`], JSON
+//! merge patches) or, with `Gate::start_yaml`, on a config text of the test's
+//! own; it binds port 0, the harness learns its ports from `run --ready-file`
+//! and waits until it answers `/healthz`. `standard_gate` is the usual bed of
+//! all of these. Everything is killed on drop.
 //! Waiting is done by probing readiness, never by fixed sleeps.
 
 #![allow(dead_code)]
