@@ -102,21 +102,27 @@ fn fields(headers: &[httparse::Header<'_>]) -> Fields {
         .collect()
 }
 
+/// The length of a head httparse found whole, within the limit.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    limits: &Limits,
+) -> Result<Option<usize>, ParseError> {
+    match parsed.map_err(ParseError::Head)? {
+        httparse::Status::Complete(len) if len <= limits.head => Ok(Some(len)),
+        httparse::Status::Partial if buffered < limits.head => Ok(None),
+        _ => Err(ParseError::HeadTooLarge(limits.head)),
+    }
+}
+
 /// The response head at the start of `buf` once it is whole, `None` while
 /// more is needed.
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, ParseError> {
     let mut slots = vec![httparse::EMPTY_HEADER; limits.headers];
     let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf).map_err(ParseError::Head)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial if buf.len() >= limits.head => {
-            return Err(ParseError::HeadTooLarge(limits.head));
-        }
-        httparse::Status::Partial => return Ok(None),
+    let Some(len) = head_len(resp.parse(buf), buf.len(), limits)? else {
+        return Ok(None);
     };
-    if len > limits.head {
-        return Err(ParseError::HeadTooLarge(limits.head));
-    }
     let status = resp.code.ok_or(ParseError::NoStatus)?;
     let headers = fields(resp.headers);
     let framing = response_framing(status, &headers)?;
@@ -132,16 +138,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, ParseErro
 pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, ParseError> {
     let mut slots = vec![httparse::EMPTY_HEADER; limits.headers];
     let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf).map_err(ParseError::Head)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial if buf.len() >= limits.head => {
-            return Err(ParseError::HeadTooLarge(limits.head));
-        }
-        httparse::Status::Partial => return Ok(None),
+    let Some(len) = head_len(req.parse(buf), buf.len(), limits)? else {
+        return Ok(None);
     };
-    if len > limits.head {
-        return Err(ParseError::HeadTooLarge(limits.head));
-    }
     let headers = fields(req.headers);
     // A request without framing has no body (RFC 9112 section 6.3).
     let framing = match framing_fields(&headers)? {
@@ -372,6 +371,23 @@ async fn fill<S: AsyncRead + Unpin>(
     Ok(n)
 }
 
+/// Reads into `buf` until `parse` finds a whole head there.
+async fn read_until<S: AsyncRead + Unpin, T>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    parse: impl Fn(&[u8], &Limits) -> Result<Option<T>, ParseError>,
+) -> Result<T, ReadError> {
+    loop {
+        if let Some(head) = parse(buf, limits)? {
+            return Ok(head);
+        }
+        if fill(s, buf, limits.idle).await? == 0 {
+            return Err(ParseError::Truncated.into());
+        }
+    }
+}
+
 /// Reads until `buf` holds a whole response head and parses it. `buf`
 /// keeps every byte read, including any past the head (the start of the
 /// body, or the first bytes of an upgraded protocol).
@@ -380,14 +396,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     limits: &Limits,
 ) -> Result<Head, ReadError> {
-    loop {
-        if let Some(head) = parse_head(buf, limits)? {
-            return Ok(head);
-        }
-        if fill(s, buf, limits.idle).await? == 0 {
-            return Err(ParseError::Truncated.into());
-        }
-    }
+    read_until(s, buf, limits, parse_head).await
 }
 
 /// Reads the body `framing` delimits; `raw` holds the bytes already read
@@ -426,14 +435,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     limits: &Limits,
 ) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
-    let head = loop {
-        if let Some(head) = parse_request_head(&buf, limits)? {
-            break head;
-        }
-        if fill(s, &mut buf, limits.idle).await? == 0 {
-            return Err(ParseError::Truncated.into());
-        }
-    };
+    let head = read_until(s, &mut buf, limits, parse_request_head).await?;
     let raw = buf.split_off(head.len);
     let body = read_body(s, head.framing, raw, limits).await?;
     Ok(Request { head, body })
