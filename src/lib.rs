@@ -47,6 +47,7 @@ pub mod events;
 pub mod gate;
 pub mod handshake;
 pub mod health;
+pub mod http1;
 pub mod listeners;
 pub mod login;
 pub mod logs;
