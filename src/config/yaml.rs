@@ -26,12 +26,20 @@ pub(super) fn deserialize<T: DeserializeOwned>(
     file: &Path,
 ) -> Result<(T, Marks), Vec<ConfigError>> {
     let located = |e: serde_saphyr::Error, marks: Option<&Marks>| {
-        let (line, col) = e.location().map_or((1, 1), |l| map.to_orig(pos(&l)));
-        let owner = marks.and_then(|m| e.location().and_then(|l| m.owner(pos(&l))));
-        let message = match owner {
-            Some(path) if !path.is_empty() => format!("{path}: {}", message(&e)),
-            _ => message(&e).into_owned(),
+        let at = e.location().map_or((1, 1), |l| pos(&l));
+        let owner = marks.and_then(|m| Some((m, m.owner(at)?)));
+        // serde-saphyr puts a missing field at the mapping's last key; the operator looks for
+        // the mapping, where `check` also puts its "is required" errors.
+        let at = match (e.without_snippet(), owner) {
+            (serde_saphyr::Error::SerdeMissingField { .. }, Some((m, path))) => m.find(path),
+            _ => at,
         };
+        let (at, message) = match (tab_indent(text, at, &e), owner.map(|(_, p)| p)) {
+            (Some(tab), _) => (tab, TAB_INDENT.to_owned()),
+            (None, Some(path)) if !path.is_empty() => (at, format!("{path}: {}", message(&e))),
+            (None, _) => (at, message(&e).into_owned()),
+        };
+        let (line, col) = map.to_orig(at);
         vec![ConfigError {
             file: file.to_owned(),
             line,
@@ -51,7 +59,11 @@ pub(super) fn deserialize<T: DeserializeOwned>(
 fn options() -> serde_saphyr::Options {
     // The location is given up front as FILE:LINE:COL; a snippet would repeat it, in the
     // substituted text's lines.
-    serde_saphyr::options! { with_snippet: false }
+    // Merge keys stay ordinary keys, as under serde_yaml: `<<` is then an unknown field.
+    serde_saphyr::options! {
+        with_snippet: false,
+        merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+    }
 }
 
 /// The message alone: the location goes in front, mapped back to the file.
@@ -70,6 +82,9 @@ fn message(e: &serde_saphyr::Error) -> Cow<'_, str> {
         serde_saphyr::Error::Eof { .. } => {
             Cow::Borrowed("no YAML document: the file is empty or only comments")
         }
+        serde_saphyr::Error::InvalidScalar { ty, .. } => {
+            Cow::Owned(format!("expected {}", scalar_kind(ty)))
+        }
         _ => UserMessageFormatter.format_message(e),
     };
     // The text may quote the file (a key's name); keep control characters off the terminal.
@@ -77,6 +92,37 @@ fn message(e: &serde_saphyr::Error) -> Cow<'_, str> {
         Cow::Owned(text.chars().map(|c| c.escape_debug().to_string()).collect())
     } else {
         text
+    }
+}
+
+const TAB_INDENT: &str = "a tab in the indentation: YAML indents with spaces only";
+
+/// Where a tab the parser tripped over indents a line. The parser reports the node it was
+/// reading (often the line before, when a plain scalar may go on), not the tab itself.
+fn tab_indent(text: &str, (line, _): Pos, e: &serde_saphyr::Error) -> Option<Pos> {
+    if !message(e).contains("tab") {
+        return None;
+    }
+    text.lines()
+        .enumerate()
+        .skip(line.saturating_sub(1))
+        .find_map(|(i, l)| {
+            let indent = l.chars().take_while(|c| *c == ' ' || *c == '\t');
+            let col = indent.into_iter().position(|c| c == '\t')?;
+            Some((i + 1, col + 1))
+        })
+}
+
+/// A Rust scalar type in the words of a config file.
+fn scalar_kind(ty: &str) -> Cow<'_, str> {
+    let int = ty.len() > 1
+        && ty.starts_with(['i', 'u'])
+        && (ty[1..].bytes().all(|b| b.is_ascii_digit()) || &ty[1..] == "size");
+    match ty {
+        "boolean" | "bool" => Cow::Borrowed("`true` or `false`"),
+        "floating point" | "f32" | "f64" => Cow::Borrowed("a number"),
+        _ if int => Cow::Borrowed("a whole number"),
+        _ => Cow::Owned(format!("a {ty}")),
     }
 }
 
