@@ -1147,6 +1147,12 @@ fn yaml_syntax_errors_are_located() {
         only_full(&format!("{MINIMAL}    auth: \"required\n")),
         "gate.yaml:12:11: unclosed quote"
     );
+    assert_eq!(
+        only_full(&format!(
+            "{MINIMAL}  - name: b\n    upstreams: [\"127.0.0.1:1\",\n"
+        )),
+        "gate.yaml:13:16: unclosed bracket '['"
+    );
 }
 
 #[test]

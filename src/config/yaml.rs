@@ -36,8 +36,10 @@ pub(super) fn deserialize<T: DeserializeOwned>(
         };
         let (at, message) = match (tab_indent(text, at, &e), owner.map(|(_, p)| p)) {
             (Some(tab), _) => (tab, TAB_INDENT.to_owned()),
-            (None, Some(path)) if !path.is_empty() => (at, format!("{path}: {}", message(&e))),
-            (None, _) => (at, message(&e).into_owned()),
+            (None, Some(path)) if !path.is_empty() => {
+                (at, format!("{path}: {}", message(&e, text)))
+            }
+            (None, _) => (at, message(&e, text).into_owned()),
         };
         let (line, col) = map.to_orig(at);
         vec![ConfigError {
@@ -67,9 +69,9 @@ fn options() -> serde_saphyr::Options {
 }
 
 /// The message alone: the location goes in front, mapped back to the file.
-fn message(e: &serde_saphyr::Error) -> Cow<'_, str> {
+fn message<'e>(e: &'e serde_saphyr::Error, text: &str) -> Cow<'e, str> {
     let e = e.without_snippet();
-    let text = match e {
+    let message = match e {
         serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
             Cow::Owned(format!("duplicate key `{key}`"))
         }
@@ -79,7 +81,7 @@ fn message(e: &serde_saphyr::Error) -> Cow<'_, str> {
         serde_saphyr::Error::MultipleDocuments { .. } => Cow::Borrowed(
             "a second YAML document: the file must hold exactly one (remove the `---`)",
         ),
-        serde_saphyr::Error::Eof { .. } => {
+        serde_saphyr::Error::Eof { .. } if is_blank(text) => {
             Cow::Borrowed("no YAML document: the file is empty or only comments")
         }
         serde_saphyr::Error::InvalidScalar { ty, .. } => {
@@ -88,11 +90,22 @@ fn message(e: &serde_saphyr::Error) -> Cow<'_, str> {
         _ => UserMessageFormatter.format_message(e),
     };
     // The text may quote the file (a key's name); keep control characters off the terminal.
-    if text.chars().any(char::is_control) {
-        Cow::Owned(text.chars().map(|c| c.escape_debug().to_string()).collect())
+    if message.chars().any(char::is_control) {
+        let escaped = message.chars().map(|c| match c {
+            c if c.is_control() => c.escape_debug().to_string(),
+            c => c.to_string(),
+        });
+        Cow::Owned(escaped.collect())
     } else {
-        text
+        message
     }
+}
+
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#')
+    })
 }
 
 const TAB_INDENT: &str = "a tab in the indentation: YAML indents with spaces only";
@@ -100,7 +113,7 @@ const TAB_INDENT: &str = "a tab in the indentation: YAML indents with spaces onl
 /// Where a tab the parser tripped over indents a line. The parser reports the node it was
 /// reading (often the line before, when a plain scalar may go on), not the tab itself.
 fn tab_indent(text: &str, (line, _): Pos, e: &serde_saphyr::Error) -> Option<Pos> {
-    if !message(e).contains("tab") {
+    if !message(e, text).contains("tab") {
         return None;
     }
     text.lines()
