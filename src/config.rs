@@ -19,10 +19,12 @@ mod raw;
 mod source;
 #[cfg(test)]
 mod tests;
+mod yaml;
 
 use check::Ctx;
-use raw::{RawConfig, RawUsersFile, deserialize};
+use raw::{RawConfig, RawUsersFile};
 use source::{SourceMap, substitute};
+use yaml::deserialize;
 
 /// Where listening sockets are handed over during `run --upgrade` by default.
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sessiongate_upgrade.sock";
@@ -595,16 +597,16 @@ pub fn parse(
     let (text, map) = substitute(text, env).map_err(|errors| {
         errors
             .into_iter()
-            .map(|(line, col, message)| ConfigError {
+            .map(|(line, col, e)| ConfigError {
                 file: file.to_owned(),
                 line,
                 col,
-                message,
+                message: e.to_string(),
             })
             .collect::<Vec<_>>()
     })?;
-    let raw: RawConfig = deserialize(&text, &map, file)?;
-    let mut cx = Ctx::new(file, &map, &text);
+    let (raw, marks): (RawConfig, _) = deserialize(&text, &map, file)?;
+    let mut cx = Ctx::new(file, &map, marks);
     let config = cx.config(raw);
     cx.finish(config)
 }
@@ -619,8 +621,8 @@ pub fn load_users(path: &Path) -> Result<Vec<UserEntry>, Vec<ConfigError>> {
 /// Parses a users file; `file` only names the source in errors.
 pub fn parse_users(text: &str, file: &Path) -> Result<Vec<UserEntry>, Vec<ConfigError>> {
     let map = SourceMap::identity(text);
-    let raw: RawUsersFile = deserialize(text, &map, file)?;
-    let mut cx = Ctx::new(file, &map, text);
+    let (raw, marks): (RawUsersFile, _) = deserialize(text, &map, file)?;
+    let mut cx = Ctx::new(file, &map, marks);
     let users = cx.users(raw);
     cx.finish(users)
 }
