@@ -11,7 +11,7 @@
 //!            proxy::request_filter
 //!              │ https redirect (308) → client address (listeners::client_addr)
 //!              │ limits (414/431) → Host / absolute-form authority (400)
-//!              │ route::normalize_path (400) → route::match_path (;params dropped)
+//!              │ path::normalize_path (400) → path::match_path (;params dropped)
 //!              │ /_session/* ───────────────► api (login, info, refresh, …) ──► store
 //!              │ route::RouteTable::find (404 no_route)
 //!              │ WebSocket off a gateway route (400); any other Upgrade dropped
@@ -54,6 +54,7 @@ pub mod logwriter;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod path;
 pub mod proxy;
 pub mod reject;
 pub mod route;

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use super::raw::*;
 use super::source::{Marks, SourceMap};
 use super::*;
-use crate::route::normalize_prefix;
+use crate::path::normalize_prefix;
 
 /// Turns raw shapes into typed values, collecting every error. Each helper returns a usable
 /// value (the default) after recording an error, so checking goes on past the first problem.

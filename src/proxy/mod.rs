@@ -41,8 +41,9 @@ use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
 use crate::handshake::{self, HandshakeError, TlsClient};
 use crate::health::Health;
 use crate::listeners::{ClientAddr, client_addr};
+use crate::path::{match_path, normalize_path, same_authority};
 use crate::reject::Reject;
-use crate::route::{Route, match_path, normalize_path, same_authority};
+use crate::route::Route;
 use crate::tunnel::Relay;
 
 pub const MAX_URI: usize = 8 * 1024;
