@@ -9,8 +9,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::api::Response;
+use crate::clock::now_ms;
 use crate::credentials::bearer;
-use crate::gate::{Gate, now_ms, store_reject};
+use crate::gate::{Gate, store_reject};
 use crate::reject::Reject;
 use crate::segment::percent_decode;
 use crate::session::Status;

@@ -11,13 +11,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::config::{SameSite, normalize_origin};
 use crate::credentials::{TicketFrom, find_ticket};
-use crate::gate::{Gate, Settings, now_ms, store_reject};
+use crate::gate::{Gate, store_reject};
 use crate::login;
 use crate::reject::Reject;
 use crate::segment::percent_decode;
 use crate::session::{Session, Status, merge_vars, validate_vars};
+use crate::settings::Settings;
 use crate::store::RateDecision;
 use crate::ticket::{Claims, new_session_id};
 
@@ -544,7 +546,7 @@ mod tests {
     use super::*;
 
     fn settings(cookie: &str) -> Settings {
-        crate::gate::tests::settings_with(&format!("  cookie: {cookie}\n"))
+        crate::settings::tests::settings_with(&format!("  cookie: {cookie}\n"))
     }
 
     #[test]

@@ -35,9 +35,10 @@ mod tests {
 
     use super::*;
     use crate::api::{ApiRequest, handle};
-    use crate::gate::{Gate, Settings};
+    use crate::gate::Gate;
     use crate::reject::Reject;
     use crate::session::Status;
+    use crate::settings::Settings;
     use crate::store::memory::MemoryStore;
 
     const METHODS: [Method; 5] = [

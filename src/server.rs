@@ -17,12 +17,14 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
+use crate::clock::now_ms;
 use crate::config::{self, Config, ConfigError, StoreKind};
 use crate::downstream::Downstream;
-use crate::gate::{Gate, Settings, now_ms};
+use crate::gate::Gate;
 use crate::health::Health;
 use crate::listeners::EdgeApp;
 use crate::proxy::Proxy;
+use crate::settings::Settings;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
-use crate::gate::{Gate, now_ms};
+use crate::clock::now_ms;
+use crate::gate::Gate;
 use crate::session::{Liveness, Status};
 
 /// How often open tunnels' sessions are looked at.

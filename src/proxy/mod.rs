@@ -32,18 +32,22 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{WrappedX509, parse_x509};
 
 use crate::api::{self, ApiRequest, Response};
+use crate::cache::Admitted;
+use crate::clock::now_ms;
 use crate::config::{AuthPolicy, RouteKind, RouteTls};
 use crate::credentials::{
     TicketFrom, bearer_token, cookies_without, find_ticket, has_cookie, join_cookies,
     query_without_ticket,
 };
-use crate::gate::{Admitted, Gate, InFlight, Settings, now_ms};
+use crate::gate::Gate;
 use crate::handshake::{self, HandshakeError, TlsClient};
 use crate::health::Health;
+use crate::inflight::InFlight;
 use crate::listeners::{ClientAddr, client_addr};
 use crate::path::{match_path, normalize_path, same_authority};
 use crate::reject::Reject;
 use crate::route::Route;
+use crate::settings::Settings;
 use crate::tunnel::Relay;
 
 pub const MAX_URI: usize = 8 * 1024;
