@@ -293,14 +293,14 @@ impl LivenessCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::IdentityHeaders;
     use crate::session::Status;
-    use crate::settings::tests::settings;
 
     /// Item 7: both caches stay within their byte budgets however many
     /// distinct entries arrive, evicting entry by entry.
     #[test]
     fn caches_are_bounded_by_their_byte_budgets() {
-        let s = settings();
+        let identity = IdentityHeaders::new("X-Session-").unwrap();
         let budget = 1u64 << 20;
         let tickets = TicketCache::new(budget);
         let claims = |i: usize| Claims {
@@ -316,7 +316,7 @@ mod tests {
         let mut weight = 0;
         for i in 0..20_000 {
             let c = claims(i);
-            let headers = s.identity.for_claims(&c);
+            let headers = identity.for_claims(&c);
             let ticket = format!("h.p{i}.sig{i}");
             let a = Arc::new(Admitted::new(c, headers, &ticket));
             weight = a.weight();
@@ -332,7 +332,7 @@ mod tests {
         // Only the same text hits (a key collision would still need the signature).
         let roomy = TicketCache::new(budget);
         let c = claims(1);
-        let headers = s.identity.for_claims(&c);
+        let headers = identity.for_claims(&c);
         roomy.put("h.p.sig", Arc::new(Admitted::new(c, headers, "h.p.sig")));
         assert!(roomy.get("h.p.sig", 0, 0).is_some());
         assert!(roomy.get("h.p.forged", 0, 0).is_none());

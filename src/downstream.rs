@@ -29,10 +29,10 @@ use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::Response;
 use crate::gate::Gate;
 use crate::path::same_authority;
 use crate::reject::Reject;
+use crate::response::Response;
 
 /// Pingora's own cap on a request head; past it the bytes go to Pingora,
 /// which answers 400.

@@ -452,7 +452,7 @@ impl Gate {
     }
 
     /// [`Gate::follow_events`] on given channels.
-    async fn follow(
+    pub(crate) async fn follow(
         &self,
         mut rx: broadcast::Receiver<Event>,
         mut gaps: tokio::sync::watch::Receiver<u64>,
@@ -507,16 +507,16 @@ pub(crate) mod tests {
     /// meanwhile.
     pub(crate) struct Wrapped {
         pub(crate) inner: MemoryStore,
-        checks: AtomicUsize,
-        delay: Duration,
-        hold: AtomicBool,
-        entered: Notify,
-        release: Notify,
-        events: Mutex<Option<broadcast::Receiver<Event>>>,
+        pub(crate) checks: AtomicUsize,
+        pub(crate) delay: Duration,
+        pub(crate) hold: AtomicBool,
+        pub(crate) entered: Notify,
+        pub(crate) release: Notify,
+        pub(crate) events: Mutex<Option<broadcast::Receiver<Event>>>,
         /// While set, `check_many` answers as an unreachable store does:
         /// after a timeout, an error.
-        unreachable: AtomicBool,
-        many_calls: AtomicUsize,
+        pub(crate) unreachable: AtomicBool,
+        pub(crate) many_calls: AtomicUsize,
     }
 
     impl Wrapped {
@@ -633,7 +633,11 @@ pub(crate) mod tests {
 
     /// A gate over `store`, with an active session `sid` of user `u1` created
     /// at `now`, and a ticket for it.
-    async fn gate_with_session(store: Arc<Wrapped>, sid: &str, now: u64) -> (Arc<Gate>, String) {
+    pub(crate) async fn gate_with_session(
+        store: Arc<Wrapped>,
+        sid: &str,
+        now: u64,
+    ) -> (Arc<Gate>, String) {
         let gate = Gate::new(settings(), store, "t.yaml".into());
         let s = gate.settings();
         let session = Session {
@@ -813,117 +817,5 @@ pub(crate) mod tests {
             vec!["sid-two".to_owned()]
         );
         assert!(reg.ctl().is_ending());
-    }
-
-    /// Item 4: a lagging follower forgets everything and has every tunnel re-checked.
-    #[tokio::test]
-    async fn lost_events_clear_the_cache_and_recheck_every_tunnel() {
-        let now = now_ms();
-        let store = Arc::new(Wrapped::new(Duration::ZERO));
-        let (gate, ticket) = gate_with_session(store.clone(), "sid-lag", now).await;
-        let s = gate.settings();
-        gate.admit(&s, Some(&ticket), now).await.unwrap();
-        let reg = gate.tunnels.register("sid-lag", "chat");
-        let mut known = crate::sweeper::Known::default();
-        let first = crate::sweeper::pass(&gate, &mut known, now, false).await;
-        assert_eq!(first.checked, 1);
-        // Nothing is due now: the next pass asks nothing.
-        assert_eq!(
-            crate::sweeper::pass(&gate, &mut known, now + 10, false)
-                .await
-                .checked,
-            0
-        );
-
-        // The revoke's event is among those lost: a channel of one, overrun.
-        let (tx, rx) = broadcast::channel(1);
-        for _ in 0..3 {
-            tx.send(Event::new("other", "u2", Status::Ended, now))
-                .unwrap();
-        }
-        store
-            .inner
-            .set_status("sid-lag", Status::Revoked, now + 20, s.rules)
-            .await
-            .unwrap();
-        let (_gaps_tx, gaps) = tokio::sync::watch::channel(0);
-        let follower = {
-            let gate = Arc::clone(&gate);
-            tokio::spawn(async move { gate.follow(rx, gaps).await })
-        };
-        gate.resync_requested().await;
-        assert!(gate.take_resync());
-        assert!(!reg.ctl().is_ending());
-        assert_eq!(
-            gate.admit(&s, Some(&ticket), now + 30).await.map(|_| ()),
-            Err(Reject::Session(Status::Revoked)),
-            "the cache was cleared"
-        );
-        let pass = crate::sweeper::pass(&gate, &mut known, now + 30, true).await;
-        assert_eq!((pass.checked, pass.ended), (1, 1));
-        assert!(reg.ctl().is_ending());
-        drop(tx);
-        follower.await.unwrap();
-    }
-
-    /// Item 3 seen from the sweeper: a tunnel whose client never sends is
-    /// abandoned at its deadline, not a touch interval later; one whose
-    /// client talks is kept alive from its frames' times.
-    #[tokio::test]
-    async fn silent_tunnels_age_from_login_and_frames_count_when_they_arrived() {
-        let now = now_ms();
-        let store = Arc::new(Wrapped::new(Duration::ZERO));
-        let (gate, _) = gate_with_session(store.clone(), "sid-quiet", now).await;
-        let s = gate.settings();
-        let idle = s.rules.idle_ms;
-        let quiet = gate.tunnels.register("sid-quiet", "chat");
-        let mut known = crate::sweeper::Known::default();
-        // Opened long after login; registration is no activity.
-        crate::sweeper::pass(&gate, &mut known, now + idle - 1_000, false).await;
-        assert!(!quiet.ctl().is_ending());
-        let at_deadline = crate::sweeper::pass(&gate, &mut known, now + idle, false).await;
-        assert_eq!(at_deadline.ended, 1);
-        assert!(quiet.ctl().is_ending());
-        let session = gate
-            .session("sid-quiet", now + idle, s.rules)
-            .await
-            .unwrap();
-        assert_eq!(session.map(|x| x.status), Some(Status::Abandoned));
-    }
-
-    /// Item 6: 10,000 tunnels over 10,000 sessions are checked in batches,
-    /// one store call per batch; with the store unreachable a pass gives up
-    /// after the first failed round of batches instead of waiting out a
-    /// timeout per session.
-    #[tokio::test(start_paused = true)]
-    async fn the_sweeper_checks_in_batches_and_never_stalls_on_a_dead_store() {
-        let now = now_ms();
-        let store = Arc::new(Wrapped::new(Duration::ZERO));
-        let gate = Gate::new(settings(), store.clone(), "t.yaml".into());
-        let regs: Vec<_> = (0..10_000)
-            .map(|i| gate.tunnels.register(&format!("sid-{i}"), "chat"))
-            .collect();
-        let mut known = crate::sweeper::Known::default();
-        let pass = crate::sweeper::pass(&gate, &mut known, now, false).await;
-        // Unknown sessions: each tunnel ends (no such session), in 40 calls.
-        assert_eq!((pass.checked, pass.ended), (10_000, 10_000));
-        assert_eq!(
-            store.many_calls.load(Ordering::SeqCst),
-            10_000usize.div_ceil(crate::sweeper::BATCH)
-        );
-
-        store.unreachable.store(true, Ordering::SeqCst);
-        store.many_calls.store(0, Ordering::SeqCst);
-        let started = tokio::time::Instant::now();
-        let pass = crate::sweeper::pass(&gate, &mut known, now, true).await;
-        assert!(pass.store_failed);
-        assert_eq!(pass.checked, 0);
-        assert!(store.many_calls.load(Ordering::SeqCst) <= crate::sweeper::CONCURRENCY);
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "{:?}",
-            started.elapsed()
-        );
-        drop(regs);
     }
 }

@@ -24,7 +24,7 @@ use crate::gate::Gate;
 use crate::health::Health;
 use crate::listeners::EdgeApp;
 use crate::proxy::Proxy;
-use crate::settings::Settings;
+use crate::settings::{Settings, SettingsError};
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -39,6 +39,8 @@ pub enum StartError {
     Store(String),
     #[error("settings: {0}")]
     Settings(String),
+    #[error("settings: {0}")]
+    Build(#[from] SettingsError),
 }
 
 /// Loads the config and its users file.
@@ -104,7 +106,7 @@ pub fn run(
     let tls = cfg.tls.clone();
     let proxy_protocol = cfg.clients.proxy_protocol;
     let admin = cfg.admin.clone();
-    let settings = Settings::new(cfg, users).map_err(StartError::Settings)?;
+    let settings = Settings::new(cfg, users)?;
     let gate = Gate::new(settings, store, config_path);
     export_cert_expiry(&gate);
     let health = Arc::new(Health::default());

@@ -1,82 +1,26 @@
 //! Everything built from one config file ([`Settings`]): the route table, the key ring, the
-//! store rules, the identity header names, the users and the ticket cache. A reload builds a
+//! store rules, the identity header names ([`IdentityHeaders`]), the users and the ticket cache. A reload builds a
 //! new one and the gate swaps it in atomically, so a request sees one config from start to end.
 
 use std::collections::HashMap;
 
-use http::{HeaderName, HeaderValue};
-
 use crate::cache::TicketCache;
 use crate::clock::ms;
 use crate::config::{Config, UserEntry};
+use crate::identity::{BadPrefix, IdentityHeaders};
 use crate::route::RouteTable;
 use crate::store::Rules;
-use crate::ticket::{Claims, Key, KeyRing};
+use crate::ticket::{Key, KeyRing};
 
 /// How long a dead session stays readable (and listed) after its
 /// `max_lifetime`, before its keys expire.
 pub const RETAIN_MS: u64 = 24 * 3600 * 1000;
 
-/// Identity header names, built once per config.
-pub struct IdentityHeaders {
-    /// The prefix lowercased with `_` read as `-`, for the strip: a WSGI or
-    /// CGI upstream reads `X_Session_User` as `HTTP_X_SESSION_USER`, the same
-    /// variable as `X-Session-User`.
-    pub prefix_lower: String,
-    pub id: HeaderName,
-    pub user: HeaderName,
-    pub name: HeaderName,
-    pub roles: HeaderName,
-    /// `<prefix>Var-`, to which a var's key is appended.
-    pub var_prefix: String,
-}
-
-impl IdentityHeaders {
-    fn new(prefix: &str) -> Result<IdentityHeaders, String> {
-        let h = |suffix: &str| {
-            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
-                .map_err(|e| format!("identity.header_prefix: {e}"))
-        };
-        Ok(IdentityHeaders {
-            prefix_lower: prefix.to_ascii_lowercase().replace('_', "-"),
-            id: h("Id")?,
-            user: h("User")?,
-            name: h("Name")?,
-            roles: h("Roles")?,
-            var_prefix: format!("{prefix}Var-"),
-        })
-    }
-
-    /// Whether a client-sent header must be removed before forwarding.
-    pub fn is_identity(&self, name: &HeaderName) -> bool {
-        // HeaderName is always lowercase; `_` and `-` are one character here.
-        let (name, prefix) = (name.as_str().as_bytes(), self.prefix_lower.as_bytes());
-        name.len() >= prefix.len()
-            && name
-                .iter()
-                .zip(prefix)
-                .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
-    }
-
-    /// The headers an admitted request carries upstream.
-    pub fn for_claims(&self, c: &Claims) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(4 + c.vars.len());
-        let mut push = |name: HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                out.push((name, v));
-            }
-        };
-        push(self.id.clone(), &c.sid);
-        push(self.user.clone(), &c.sub);
-        push(self.name.clone(), &c.name);
-        push(self.roles.clone(), &c.roles.join(","));
-        for (k, v) in &c.vars {
-            if let Ok(name) = HeaderName::from_bytes(format!("{}{k}", self.var_prefix).as_bytes()) {
-                push(name, v);
-            }
-        }
-        out
-    }
+/// Why a checked config still does not make [`Settings`].
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Identity(#[from] BadPrefix),
 }
 
 /// Everything derived from one config file.
@@ -98,7 +42,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(config: Config, users: Vec<UserEntry>) -> Result<Settings, String> {
+    pub fn new(config: Config, users: Vec<UserEntry>) -> Result<Settings, SettingsError> {
         let keys = KeyRing::new(
             config
                 .tickets
@@ -146,6 +90,8 @@ impl Settings {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use http::HeaderName;
+
     use super::*;
 
     /// Settings from a minimal memory-store config, for unit tests across

@@ -31,7 +31,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{WrappedX509, parse_x509};
 
-use crate::api::{self, ApiRequest, Response};
+use crate::api::{self, ApiRequest};
 use crate::cache::Admitted;
 use crate::clock::now_ms;
 use crate::config::{AuthPolicy, RouteKind, RouteTls};
@@ -46,6 +46,7 @@ use crate::inflight::InFlight;
 use crate::listeners::{ClientAddr, client_addr};
 use crate::path::{match_path, normalize_path, same_authority};
 use crate::reject::Reject;
+use crate::response::Response;
 use crate::route::Route;
 use crate::settings::Settings;
 use crate::tunnel::Relay;
