@@ -74,3 +74,4 @@ pub mod sweeper;
 pub mod ticket;
 pub mod tls;
 pub mod tunnel;
+pub mod upstream_tls;

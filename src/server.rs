@@ -354,7 +354,7 @@ async fn watch_config(gate: Arc<Gate>) {
         let now: Vec<_> = last.iter().map(|(f, _)| (f.clone(), mtime(f))).collect();
         let changed = now != last;
         if by_signal || changed || retry {
-            let ok = reload(&gate);
+            let ok = reload(&gate).await;
             retry = !ok && changed && !by_signal;
             // The new config may name other certificate files. Files already
             // watched keep the stamps read before the load: a write landing
@@ -389,36 +389,58 @@ fn export_cert_expiry(gate: &Gate) {
     }
 }
 
+/// Why a reload keeps the old config.
+enum Refused {
+    Config(Vec<ConfigError>),
+    /// `tls` added or removed, or `clients.proxy_protocol` changed.
+    Listeners,
+    Settings(SettingsError),
+}
+
+/// Reads the config and its files and builds its settings (TLS material included): file
+/// and DNS work, run off the async runtime.
+fn build_reload(path: &Path, old: &Settings) -> Result<Settings, Refused> {
+    let (cfg, users) = load(path).map_err(Refused::Config)?;
+    if cfg.tls.is_some() != old.config.tls.is_some()
+        || cfg.clients.proxy_protocol != old.config.clients.proxy_protocol
+    {
+        return Err(Refused::Listeners);
+    }
+    Settings::new(cfg, users).map_err(Refused::Settings)
+}
+
 /// Swaps in a new config, or keeps the old one and logs why; true when the
 /// new config is in force.
-pub fn reload(gate: &Gate) -> bool {
-    let outcome = match load(&gate.config_path) {
-        Ok((cfg, _))
-            if cfg.tls.is_some() != gate.settings().config.tls.is_some()
-                || cfg.clients.proxy_protocol != gate.settings().config.clients.proxy_protocol =>
-        {
+pub async fn reload(gate: &Gate) -> bool {
+    let path = gate.config_path.clone();
+    let old = gate.settings();
+    let built = tokio::task::spawn_blocking(move || build_reload(&path, &old)).await;
+    let outcome = match built {
+        Ok(Ok(s)) => {
+            gate.swap_settings(s);
+            export_cert_expiry(gate);
+            tracing::info!(file = %gate.config_path.display(), "config reloaded");
+            "ok"
+        }
+        Ok(Err(Refused::Listeners)) => {
             tracing::error!(
                 "config reload rejected: `tls` added or removed, or `clients.proxy_protocol` changed; listeners are set at start; keeping the old config"
             );
             "error"
         }
-        Ok((cfg, users)) => match Settings::new(cfg, users) {
-            Ok(s) => {
-                gate.swap_settings(s);
-                export_cert_expiry(gate);
-                tracing::info!(file = %gate.config_path.display(), "config reloaded");
-                "ok"
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "config reload rejected; keeping the old config");
-                "error"
-            }
-        },
-        Err(errors) => {
+        Ok(Err(Refused::Settings(e))) => {
+            tracing::error!(error = %e, "config reload rejected; keeping the old config");
+            "error"
+        }
+        Ok(Err(Refused::Config(errors))) => {
             for e in &errors {
                 tracing::error!("{e}");
             }
             tracing::error!("config reload rejected; keeping the old config");
+            "error"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the old config");
             "error"
         }
     };

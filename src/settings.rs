@@ -11,6 +11,7 @@ use crate::identity::{BadPrefix, IdentityHeaders};
 use crate::route::RouteTable;
 use crate::store::Rules;
 use crate::ticket::{Key, KeyRing};
+use crate::upstream_tls::{UpstreamTls, UpstreamTlsError};
 
 /// How long a dead session stays readable (and listed) after its
 /// `max_lifetime`, before its keys expire.
@@ -21,6 +22,8 @@ pub const RETAIN_MS: u64 = 24 * 3600 * 1000;
 pub enum SettingsError {
     #[error(transparent)]
     Identity(#[from] BadPrefix),
+    #[error(transparent)]
+    UpstreamTls(#[from] UpstreamTlsError),
 }
 
 /// Everything derived from one config file.
@@ -39,6 +42,9 @@ pub struct Settings {
     /// at the gate.
     pub strip_cookies: [String; 2],
     pub tickets: TicketCache,
+    /// Each route's upstream TLS material, by its index in `routes.routes()` (match order;
+    /// `None`: plain), built here so a request only clones an `Arc`.
+    upstream_tls: Vec<Option<UpstreamTls>>,
 }
 
 impl Settings {
@@ -66,9 +72,16 @@ impl Settings {
             cookie.name.clone()
         };
         let strip_cookies = [cookie.name.clone(), format!("__Host-{}", cookie.name)];
+        let routes = RouteTable::new(&config.routes);
+        let upstream_tls = routes
+            .routes()
+            .iter()
+            .map(|r| UpstreamTls::for_route(&r.config))
+            .collect::<Result<_, _>>()?;
         Ok(Settings {
             strip_cookies,
-            routes: RouteTable::new(&config.routes),
+            upstream_tls,
+            routes,
             keys,
             rules,
             identity,
@@ -77,6 +90,11 @@ impl Settings {
             tickets: TicketCache::new(config.tickets.cache_max_bytes),
             config,
         })
+    }
+
+    /// The upstream TLS material of the route at `index` in `routes`.
+    pub fn upstream_tls(&self, index: usize) -> Option<&UpstreamTls> {
+        self.upstream_tls.get(index).and_then(Option::as_ref)
     }
 
     pub fn ttl_ms(&self) -> u64 {

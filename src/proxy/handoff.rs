@@ -72,14 +72,8 @@ impl Proxy {
         // Looked up first, so the route's gauge reads 0 rather than missing
         // after a refused handshake.
         let gauge = self.gate.metrics.websockets.with_label_values(&[&cfg.name]);
-        let tls = match cfg.tls.as_ref().map(|t| self.tls_client(t)).transpose() {
-            Ok(tls) => tls,
-            Err(why) => {
-                return self
-                    .tunnel_failed(session, ctx, route, Reject::UpstreamUnavailable, &why)
-                    .await;
-            }
-        };
+        // Built with the settings; a TLS gateway route always has its client.
+        let tls = ctx.upstream_tls(s).and_then(|u| u.client.clone());
         let mut tries = 0;
         let (mut tcp, answer, addr) = loop {
             let Some(addr) = route.pick_upstream(|a| self.health.is_up(a)) else {

@@ -24,18 +24,15 @@ use async_trait::async_trait;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::protocols::tls::CaType;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::{WrappedX509, parse_x509};
 
 use crate::api;
 use crate::cache::Admitted;
 use crate::clock::now_ms;
-use crate::config::{AuthPolicy, RouteKind, RouteTls};
+use crate::config::{AuthPolicy, RouteKind};
 use crate::credentials::{TicketFrom, find_ticket};
 use crate::gate::Gate;
-use crate::handshake::TlsClient;
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::listeners::{ClientAddr, client_addr};
@@ -44,6 +41,7 @@ use crate::reject::Reject;
 use crate::response::Response;
 use crate::route::Route;
 use crate::settings::Settings;
+use crate::upstream_tls::UpstreamTls;
 use answer::{respond, status_label};
 use rewrite::{
     Upgrade, X_FORWARDED_FOR, drop_upgrade, rewrite_request, target_authority, upgrade_of,
@@ -57,97 +55,11 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 pub struct Proxy {
     gate: Arc<Gate>,
     health: Arc<Health>,
-    /// Routes' upstream CAs in Pingora's form (controllers).
-    cas: Derived<CaDers, CaType>,
-    /// Routes' TLS clients (gateways), one per SNI and CA.
-    tls_clients: Derived<(String, Option<CaDers>), TlsClient>,
-}
-
-/// A route's upstream CA as the config holds it: DER certificates.
-type CaDers = Arc<Vec<Vec<u8>>>;
-
-/// Values built once from parts of a config rather than on every request.
-/// An entry is found by the config's own `Arc`s, which it holds on to, so
-/// their addresses cannot be reused while it lives; beyond [`MAX_DERIVED`]
-/// entries (many reloads) the oldest go.
-struct Derived<K, V: ?Sized> {
-    entries: std::sync::Mutex<Vec<(K, Arc<V>)>>,
-}
-
-const MAX_DERIVED: usize = 16;
-
-impl<K, V: ?Sized> Derived<K, V> {
-    fn new() -> Self {
-        Derived {
-            entries: std::sync::Mutex::default(),
-        }
-    }
-
-    fn get_or_build<E>(
-        &self,
-        is_key: impl Fn(&K) -> bool,
-        key: impl FnOnce() -> K,
-        build: impl FnOnce() -> Result<Arc<V>, E>,
-    ) -> Result<Arc<V>, E> {
-        if let Ok(entries) = self.entries.lock()
-            && let Some((_, v)) = entries.iter().find(|(k, _)| is_key(k))
-        {
-            return Ok(Arc::clone(v));
-        }
-        // Built outside the lock: two first requests may both build; one stays.
-        let v = build()?;
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_DERIVED {
-                entries.remove(0);
-            }
-            entries.push((key(), Arc::clone(&v)));
-        }
-        Ok(v)
-    }
 }
 
 impl Proxy {
     pub fn new(gate: Arc<Gate>, health: Arc<Health>) -> Proxy {
-        Proxy {
-            gate,
-            health,
-            cas: Derived::new(),
-            tls_clients: Derived::new(),
-        }
-    }
-
-    /// The TLS client of a gateway route (loading the system's roots is not
-    /// for every handshake).
-    fn tls_client(&self, tls: &RouteTls) -> Result<Arc<TlsClient>, String> {
-        self.tls_clients.get_or_build(
-            |(sni, ca)| {
-                *sni == tls.sni
-                    && match (ca, &tls.ca) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    }
-            },
-            || (tls.sni.clone(), tls.ca.clone()),
-            || TlsClient::new(tls).map(Arc::new),
-        )
-    }
-
-    /// The CA of a controller's TLS route in the form Pingora takes.
-    fn ca(&self, ders: &CaDers) -> Arc<CaType> {
-        let Ok(ca) = self.cas.get_or_build(
-            |k| Arc::ptr_eq(k, ders),
-            || Arc::clone(ders),
-            || {
-                // The config check parsed each certificate, so parse_x509 cannot fail here.
-                let certs: Vec<WrappedX509> = ders
-                    .iter()
-                    .map(|der| WrappedX509::new(der.clone(), parse_x509))
-                    .collect();
-                Ok::<_, std::convert::Infallible>(Arc::from(certs))
-            },
-        );
-        ca
+        Proxy { gate, health }
     }
 }
 
@@ -195,6 +107,11 @@ impl Ctx {
 
     fn route<'a>(&self, s: &'a Settings) -> Option<&'a Route> {
         self.route.and_then(|i| s.routes.routes().get(i))
+    }
+
+    /// The TLS material of the request's route, built when its config loaded.
+    fn upstream_tls<'a>(&self, s: &'a Settings) -> Option<&'a UpstreamTls> {
+        self.route.and_then(|i| s.upstream_tls(i))
     }
 }
 
@@ -427,7 +344,7 @@ impl ProxyHttp for Proxy {
         let mut peer = match &route.config.tls {
             Some(tls) => {
                 let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
-                peer.options.ca = tls.ca.as_ref().map(|ders| self.ca(ders));
+                peer.options.ca = ctx.upstream_tls(&s).and_then(|u| u.ca.clone());
                 peer
             }
             None => HttpPeer::new(addr, false, String::new()),
