@@ -55,7 +55,8 @@ impl Proxy {
         for (name, value) in handshake::UPGRADE_HEADERS {
             up.insert_header(name, value)?;
         }
-        rewrite_request(session, &mut up, ctx, s, route)?;
+        let forward = ctx.forward(s, route, session.is_http2());
+        rewrite_request(session.req_header(), &mut up, &forward)?;
         let target = up.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let request = handshake::request_head(&up.method, target, &up.headers);
         let sid = ctx.claims.as_ref().map_or("", |a| a.claims.sid.as_str());

@@ -44,7 +44,7 @@ use crate::settings::Settings;
 use crate::upstream_tls::UpstreamTls;
 use answer::{respond, status_label};
 use rewrite::{
-    Upgrade, X_FORWARDED_FOR, drop_upgrade, rewrite_request, target_authority, upgrade_of,
+    Forward, Upgrade, X_FORWARDED_FOR, drop_upgrade, rewrite_request, target_authority, upgrade_of,
 };
 
 pub const MAX_URI: usize = 8 * 1024;
@@ -107,6 +107,21 @@ impl Ctx {
 
     fn route<'a>(&self, s: &'a Settings) -> Option<&'a Route> {
         self.route.and_then(|i| s.routes.routes().get(i))
+    }
+
+    /// What the upstream rewrite needs of this request's decisions.
+    fn forward<'a>(&'a self, s: &'a Settings, route: &'a Route, http2: bool) -> Forward<'a> {
+        Forward {
+            settings: s,
+            route,
+            admitted: self.claims.as_deref(),
+            ticket_from: self.ticket_from,
+            path: self.path.as_deref(),
+            authority: self.authority.as_deref(),
+            client: self.client.as_ref(),
+            scheme: self.scheme(),
+            http2,
+        }
     }
 
     /// The TLS material of the request's route, built when its config loaded.
@@ -390,7 +405,8 @@ impl ProxyHttp for Proxy {
         let Some(route) = ctx.route(&s) else {
             return Ok(());
         };
-        rewrite_request(session, up, ctx, &s, route)
+        let forward = ctx.forward(&s, route, session.is_http2());
+        rewrite_request(session.req_header(), up, &forward)
     }
 
     /// Requests on this path are never upgrades (WebSocket handshakes are the
