@@ -36,7 +36,7 @@ use crate::gate::Gate;
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::listeners::{ClientAddr, client_addr};
-use crate::path::{match_path, normalize_path, same_authority};
+use crate::path::{match_path, normalize_path};
 use crate::reject::Reject;
 use crate::response::Response;
 use crate::route::Route;
@@ -44,11 +44,10 @@ use crate::settings::Settings;
 use crate::upstream_tls::UpstreamTls;
 use answer::{respond, status_label};
 use rewrite::{
-    Forward, Upgrade, X_FORWARDED_FOR, drop_upgrade, rewrite_request, target_authority, upgrade_of,
+    Forward, Upgrade, X_FORWARDED_FOR, drop_upgrade, request_authority, rewrite_request,
+    upgrade_of, within_limits,
 };
 
-pub const MAX_URI: usize = 8 * 1024;
-pub const MAX_HEADERS: usize = 64 * 1024;
 /// Pooled upstream connections idle longer than this are closed.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
@@ -60,6 +59,45 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(gate: Arc<Gate>, health: Arc<Health>) -> Proxy {
         Proxy { gate, health }
+    }
+
+    /// The route's auth policy applied to the request's ticket: the identity goes into
+    /// `ctx`; `Err` is the refusal of a required route. `Ok` holds the gate's generation
+    /// noted before the admission (0 on a public route), which a tunnel re-checks against.
+    async fn admit(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut Ctx,
+        s: &Settings,
+        route: &Route,
+    ) -> Result<u64, Reject> {
+        if route.config.auth == AuthPolicy::Public {
+            return Ok(0);
+        }
+        let found = find_ticket(s, &req.headers, req.uri.query(), ctx.websocket);
+        ctx.ticket_from = found.map(|(_, from)| from);
+        let since = self.gate.generation();
+        let auth = &self.gate.metrics.auth;
+        match self.gate.admit(s, found.map(|(t, _)| t), now_ms()).await {
+            Ok(admitted) => {
+                if route.config.auth == AuthPolicy::Required
+                    && !route.role_allowed(&admitted.claims.roles)
+                {
+                    auth.with_label_values(&["forbidden"]).inc();
+                    return Err(Reject::Forbidden);
+                }
+                self.gate.metrics.admitted.inc();
+                ctx.claims = Some(admitted);
+            }
+            Err(r) => {
+                auth.with_label_values(&[r.code()]).inc();
+                if route.config.auth == AuthPolicy::Required {
+                    return Err(r);
+                }
+                // An optional route never fails over a ticket: it proceeds anonymously.
+            }
+        }
+        Ok(since)
     }
 }
 
@@ -149,15 +187,6 @@ fn client_of(session: &Session, s: &Settings) -> Option<ClientAddr> {
     ))
 }
 
-fn header_bytes(session: &Session) -> usize {
-    session
-        .req_header()
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum()
-}
-
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -199,40 +228,10 @@ impl ProxyHttp for Proxy {
             }
         }
         let req = session.req_header();
-        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-        if uri_len > MAX_URI {
-            return self.refuse(session, ctx, Reject::UriTooLong).await;
-        }
-        if header_bytes(session) > MAX_HEADERS {
-            return self.refuse(session, ctx, Reject::HeadersTooLarge).await;
-        }
-        // Which server the request is for: an absolute-form target's authority,
-        // which `Host` must agree with, else `Host`, which must be there (RFC 9112
-        // section 3.2).
-        let authority = match target_authority(req) {
+        let authority = match within_limits(req).and_then(|()| request_authority(req)) {
             Ok(a) => a,
-            Err(why) => {
-                return self
-                    .refuse(session, ctx, Reject::BadRequest(why.into()))
-                    .await;
-            }
+            Err(r) => return self.refuse(session, ctx, r).await,
         };
-        let host_problem = match (
-            &authority,
-            req.headers.get(header::HOST).map(|h| h.to_str()),
-        ) {
-            (_, Some(Err(_))) => Some("Host is not ASCII"),
-            (Some((scheme, a)), Some(Ok(h))) if !same_authority(scheme, a, h) => {
-                Some("Host differs from the request target's authority")
-            }
-            (None, None) => Some("no Host"),
-            _ => None,
-        };
-        if let Some(why) = host_problem {
-            return self
-                .refuse(session, ctx, Reject::BadRequest(why.into()))
-                .await;
-        }
         // A cheap clone (the URI's bytes are shared), so the normalized path
         // can borrow it without holding the session.
         let uri = req.uri.clone();
@@ -294,37 +293,10 @@ impl ProxyHttp for Proxy {
         }
 
         // Noted before the admission: a tunnel re-checks its session against it.
-        let mut since = 0;
-        if route.config.auth != AuthPolicy::Public {
-            let found = find_ticket(&s, &req.headers, req.uri.query(), websocket);
-            ctx.ticket_from = found.map(|(_, from)| from);
-            since = self.gate.generation();
-            let verdict = self.gate.admit(&s, found.map(|(t, _)| t), now_ms()).await;
-            match (verdict, route.config.auth) {
-                (Ok(admitted), _) => {
-                    if route.config.auth == AuthPolicy::Required
-                        && !route.role_allowed(&admitted.claims.roles)
-                    {
-                        self.gate
-                            .metrics
-                            .auth
-                            .with_label_values(&["forbidden"])
-                            .inc();
-                        return self.refuse(session, ctx, Reject::Forbidden).await;
-                    }
-                    self.gate.metrics.admitted.inc();
-                    ctx.claims = Some(admitted);
-                }
-                (Err(r), AuthPolicy::Required) => {
-                    self.gate.metrics.auth.with_label_values(&[r.code()]).inc();
-                    return self.refuse(session, ctx, r).await;
-                }
-                // An optional route never fails over a ticket: it proceeds anonymously.
-                (Err(r), _) => {
-                    self.gate.metrics.auth.with_label_values(&[r.code()]).inc();
-                }
-            }
-        }
+        let since = match self.admit(session.req_header(), ctx, &s, route).await {
+            Ok(since) => since,
+            Err(r) => return self.refuse(session, ctx, r).await,
+        };
         if ctx.websocket {
             return self.open_tunnel(session, ctx, &s, route, since).await;
         }

@@ -11,6 +11,8 @@ use crate::credentials::{
     TicketFrom, bearer_token, cookies_without, has_cookie, join_cookies, query_without_ticket,
 };
 use crate::listeners::ClientAddr;
+use crate::path::same_authority;
+use crate::reject::Reject;
 use crate::route::Route;
 use crate::settings::Settings;
 
@@ -88,6 +90,49 @@ pub(super) fn drop_upgrade(req: &mut RequestHeader) -> pingora::Result<()> {
         }
     }
     Ok(())
+}
+
+pub const MAX_URI: usize = 8 * 1024;
+pub const MAX_HEADERS: usize = 64 * 1024;
+
+/// The request head's size limits: 414 for a long target, 431 for large headers.
+pub(super) fn within_limits(req: &RequestHeader) -> Result<(), Reject> {
+    let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI {
+        return Err(Reject::UriTooLong);
+    }
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADERS {
+        return Err(Reject::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Which server the request is for: an absolute-form target's authority (with its scheme),
+/// which `Host` must agree with, else `Host`, which must be there (RFC 9112 section 3.2).
+/// `None` when `Host` alone names it.
+pub(super) fn request_authority(req: &RequestHeader) -> Result<Option<(String, String)>, Reject> {
+    let bad = |why: &str| Reject::BadRequest(why.into());
+    let authority = target_authority(req).map_err(bad)?;
+    let host_problem = match (
+        &authority,
+        req.headers.get(header::HOST).map(|h| h.to_str()),
+    ) {
+        (_, Some(Err(_))) => Some("Host is not ASCII"),
+        (Some((scheme, a)), Some(Ok(h))) if !same_authority(scheme, a, h) => {
+            Some("Host differs from the request target's authority")
+        }
+        (None, None) => Some("no Host"),
+        _ => None,
+    };
+    match host_problem {
+        Some(why) => Err(bad(why)),
+        None => Ok(authority),
+    }
 }
 
 /// The authority an absolute-form target (`GET http://api.example.com/x`)
