@@ -2,7 +2,7 @@
 //! gate itself: login, info, touch, refresh, logout, list, end, remove.
 //!
 //! Framework-free: the proxy glue hands over a parsed [`ApiRequest`] and
-//! writes back the [`Response`](crate::response::Response). Every answer carries `Cache-Control: no-store`.
+//! writes back the [`Response`]. Every answer carries `Cache-Control: no-store`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

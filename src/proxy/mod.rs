@@ -1,4 +1,6 @@
-//! The Pingora glue: the only implementation of `ProxyHttp`.
+//! The Pingora glue: the only implementation of `ProxyHttp`, its hooks here, each a
+//! sequence of decisions; what the upstream receives is `rewrite`'s pure function, the
+//! WebSocket hand-off is `handoff`, the answers the gate writes itself are `answer`.
 //!
 //! `request_filter` does all the deciding before an upstream connection is
 //! taken (limits, path normalization, `/_session`, route, origin, ticket,
@@ -10,7 +12,7 @@
 //! A WebSocket handshake on a gateway route never reaches Pingora's upstream
 //! path: `request_filter` does the handshake itself ([`crate::handshake`]) and,
 //! on a 101, takes the client socket out of Pingora's session and hands both
-//! sockets to a [`Relay`], so Pingora's task for the connection ends.
+//! sockets to a `tunnel::Relay`, so Pingora's task for the connection ends.
 
 mod answer;
 mod handoff;
