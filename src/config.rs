@@ -110,25 +110,43 @@ impl Cidr {
     }
 }
 
-impl std::str::FromStr for Cidr {
-    type Err = String;
+/// Why a string is not a [`Cidr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{text}` is not an address or CIDR block (like `10.0.0.0/8`)")]
+    Address {
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("`{text}`: the prefix length must be 0 to {max}")]
+    Prefix { text: String, max: u8 },
+}
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{s}` is not an address or CIDR block (like `10.0.0.0/8`)"))?;
+        let addr: IpAddr = addr.parse().map_err(|source| CidrError::Address {
+            text: s.to_owned(),
+            source,
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+            Some(p) => {
+                p.parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or_else(|| CidrError::Prefix {
+                        text: s.to_owned(),
+                        max,
+                    })?
+            }
         };
         Ok(Cidr { addr, prefix })
     }

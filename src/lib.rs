@@ -53,6 +53,7 @@ pub mod events;
 pub mod gate;
 pub mod handshake;
 pub mod health;
+pub mod http1;
 pub mod identity;
 pub mod inflight;
 pub mod listeners;

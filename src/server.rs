@@ -25,9 +25,9 @@ use crate::health::Health;
 use crate::listeners::EdgeApp;
 use crate::proxy::Proxy;
 use crate::settings::{Settings, SettingsError};
-use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::{SessionStore, StoreError};
 use crate::tls::SniResolver;
 use crate::tunnel::CLOSE_GOING_AWAY;
 
@@ -35,8 +35,12 @@ use crate::tunnel::CLOSE_GOING_AWAY;
 pub enum StartError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
+    #[error("store: no Redis to connect to")]
+    NoStore,
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
+    #[error("settings: {0}")]
+    HandOver(#[from] crate::listeners::HandOverError),
     #[error("settings: {0}")]
     Settings(String),
     #[error("settings: {0}")]
@@ -70,10 +74,9 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
                 }
                 (None, None, Some(nodes)) => RedisStore::with_cluster(nodes, ca, prefix, timeout),
                 (None, None, None) => {
-                    return Err(StartError::Store("store: no Redis to connect to".into()));
+                    return Err(StartError::NoStore);
                 }
-            }
-            .map_err(|e| StartError::Store(e.to_string()))?;
+            }?;
             Ok((r.clone(), Some(r)))
         }
     }
@@ -125,7 +128,7 @@ pub fn run(
                 "--upgrade needs server.pid_file to find the running gate".into(),
             ));
         };
-        crate::listeners::ask_to_hand_over(pid_file).map_err(StartError::Settings)?;
+        crate::listeners::ask_to_hand_over(pid_file)?;
     }
     server.bootstrap();
     if let Some(p) = &pid_file
