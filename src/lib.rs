@@ -10,7 +10,7 @@
 //!              │                     idle keep-alive closed after keepalive_timeout)
 //!            proxy::request_filter (proxy/mod.rs: the hooks)
 //!              │ https redirect (308) → client address (listeners::client_addr)
-//!              │ limits (414/431) → Host / absolute-form authority (400, proxy/rewrite.rs)
+//!              │ limits (414/431) → Host / absolute-form authority (400, proxy/target.rs)
 //!              │ path::normalize_path (400) → path::match_path (;params dropped)
 //!              │ /_session/* ───────────────► api (login, info, refresh, …) ──► store
 //!              │ route::RouteTable::find (404 no_route)

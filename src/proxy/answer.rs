@@ -7,7 +7,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::rewrite::host_name;
+use super::target::host_name;
 use super::{Ctx, Proxy};
 use crate::api::{self, ApiRequest};
 use crate::reject::Reject;

@@ -1,6 +1,7 @@
 //! The Pingora glue: the only implementation of `ProxyHttp`, its hooks here, each a
-//! sequence of decisions; what the upstream receives is `rewrite`'s pure function, the
-//! WebSocket hand-off is `handoff`, the answers the gate writes itself are `answer`.
+//! sequence of decisions. The request head is read by `target`; what the upstream receives
+//! is `rewrite`'s pure function; the WebSocket hand-off is `handoff`; the answers the gate
+//! writes itself are `answer`.
 //!
 //! `request_filter` does all the deciding before an upstream connection is
 //! taken (limits, path normalization, `/_session`, route, origin, ticket,
@@ -17,6 +18,7 @@
 mod answer;
 mod handoff;
 mod rewrite;
+mod target;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -45,10 +47,8 @@ use crate::route::Route;
 use crate::settings::Settings;
 use crate::upstream_tls::UpstreamTls;
 use answer::{respond, status_label};
-use rewrite::{
-    Forward, Upgrade, X_FORWARDED_FOR, drop_upgrade, request_authority, rewrite_request,
-    upgrade_of, within_limits,
-};
+use rewrite::{Forward, X_FORWARDED_FOR, drop_upgrade, rewrite_request};
+use target::{Upgrade, request_authority, upgrade_of, within_limits};
 
 /// Pooled upstream connections idle longer than this are closed.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
