@@ -310,7 +310,7 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 
 /// The files a reload reads that are watched for changes: the config and
 /// the TLS certificates and keys it names.
-fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
+async fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
     let s = gate.settings();
     let mut files = vec![gate.config_path.clone()];
     if let Some(tls) = &s.config.tls {
@@ -319,13 +319,26 @@ fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
             files.push(c.key_file.clone());
         }
     }
-    files
-        .into_iter()
-        .map(|f| {
-            let t = mtime(&f);
-            (f, t)
-        })
-        .collect()
+    stamps(files).await
+}
+
+/// The files with their modification times, read off the async runtime (file work).
+async fn stamps(files: Vec<PathBuf>) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let stamp = |files: Vec<PathBuf>| -> Vec<(PathBuf, Option<SystemTime>)> {
+        files
+            .into_iter()
+            .map(|f| {
+                let t = mtime(&f);
+                (f, t)
+            })
+            .collect()
+    };
+    let copy = files.clone();
+    // Only a panicking stat could fail the blocking task; then stamp here rather than
+    // report every file changed.
+    tokio::task::spawn_blocking(move || stamp(files))
+        .await
+        .unwrap_or_else(|_| stamp(copy))
 }
 
 /// Reloads on SIGHUP and when the config file or a certificate changes.
@@ -337,7 +350,7 @@ async fn watch_config(gate: Arc<Gate>) {
             None
         }
     };
-    let mut last = watched(&gate);
+    let mut last = watched(&gate).await;
     // A file caught mid-write fails to load; one retry on the next tick
     // picks up the finished file without needing another change.
     let mut retry = false;
@@ -354,7 +367,7 @@ async fn watch_config(gate: Arc<Gate>) {
             _ = hup_fired => true,
             _ = tokio::time::sleep(WATCH_EVERY) => false,
         };
-        let now: Vec<_> = last.iter().map(|(f, _)| (f.clone(), mtime(f))).collect();
+        let now = stamps(last.iter().map(|(f, _)| f.clone()).collect()).await;
         let changed = now != last;
         if by_signal || changed || retry {
             let ok = reload(&gate).await;
@@ -365,6 +378,7 @@ async fn watch_config(gate: Arc<Gate>) {
             // and is reloaded on the next tick, instead of being taken as seen.
             last = if ok {
                 watched(&gate)
+                    .await
                     .into_iter()
                     .map(|(f, t)| {
                         let before = now.iter().find(|(g, _)| *g == f).map(|(_, b)| *b);
