@@ -152,4 +152,36 @@ pub(crate) mod tests {
             assert!(!is(name), "{name}");
         }
     }
+
+    /// Each TLS route gets its material at load, found by the route's place in the table
+    /// (match order, not config order): a gateway its client, a controller with no CA none.
+    #[test]
+    fn upstream_tls_is_built_at_load_for_each_route_by_its_table_index() {
+        let yaml = "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\nroutes:\n  - name: plain\n    kind: controller\n    path: /a\n    upstreams: [\"127.0.0.1:9\"]\n  - name: chat\n    kind: gateway\n    path: /chat/room\n    upstreams: [\"127.0.0.1:9\"]\n    tls: {sni: chat.example}\n  - name: shop\n    kind: controller\n    path: /shop\n    upstreams: [\"127.0.0.1:9\"]\n    tls: {sni: shop.example}\n";
+        let cfg = crate::config::parse(yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
+        let s = Settings::new(cfg, Vec::new()).unwrap();
+        let built: Vec<(&str, bool, bool)> = s
+            .routes
+            .routes()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match s.upstream_tls(i) {
+                Some(t) => (r.name(), t.client.is_some(), t.ca.is_some()),
+                None => (r.name(), false, false),
+            })
+            .collect();
+        assert_eq!(
+            built,
+            [
+                ("chat", true, false),
+                ("shop", false, false),
+                ("plain", false, false)
+            ]
+        );
+        assert!(s.upstream_tls(2).is_none(), "a plain route has none");
+        assert!(
+            s.upstream_tls(1).is_some(),
+            "a TLS controller has its entry"
+        );
+    }
 }
