@@ -201,16 +201,28 @@ pub struct TlsClient {
     name: ServerName<'static>,
 }
 
+/// Why a route's TLS client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsClientError {
+    #[error("CA certificate: {0}")]
+    Ca(#[source] rustls::Error),
+    #[error("{0}")]
+    Protocols(#[source] rustls::Error),
+    #[error("sni: {0}")]
+    Sni(#[source] rustls::pki_types::InvalidDnsNameError),
+}
+
 impl TlsClient {
-    /// The route's CA, or the system's roots when it names none.
-    pub fn new(tls: &RouteTls) -> Result<TlsClient, String> {
+    /// The route's CA, or the system's roots when it names none (a file read: built when the
+    /// config loads, never on a request).
+    pub fn new(tls: &RouteTls) -> Result<TlsClient, TlsClientError> {
         let mut roots = rustls::RootCertStore::empty();
         match &tls.ca {
             Some(ders) => {
                 for der in ders.iter() {
                     roots
                         .add(CertificateDer::from(der.clone()))
-                        .map_err(|e| format!("CA certificate: {e}"))?;
+                        .map_err(TlsClientError::Ca)?;
                 }
             }
             None => {
@@ -223,10 +235,10 @@ impl TlsClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsClientError::Protocols)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let name = ServerName::try_from(tls.sni.clone()).map_err(|e| format!("sni: {e}"))?;
+        let name = ServerName::try_from(tls.sni.clone()).map_err(TlsClientError::Sni)?;
         Ok(TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             name,

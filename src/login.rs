@@ -16,10 +16,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::config::{DelegateConfig, UserEntry};
-use crate::gate::Settings;
 use crate::http1::{self, Limits};
 use crate::reject::Reject;
 use crate::session::validate_vars;
+use crate::settings::Settings;
 
 /// Who the credential check says the user is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -13,7 +13,7 @@ use super::raw::*;
 use super::source::SourceMap;
 use super::yaml::Marks;
 use super::*;
-use crate::route::normalize_prefix;
+use crate::path::normalize_prefix;
 
 /// Turns raw shapes into typed values, collecting every error. Each helper returns a usable
 /// value (the default) after recording an error, so checking goes on past the first problem.
