@@ -24,7 +24,7 @@ help:
 	@echo "make bench-ws - release: 9,000 idle WebSockets, then revocation at scale on two gates"
 	@echo "make bench-tickets - release: 1,000,000 distinct tickets against the ticket cache"
 	@echo "make chaos   - release: gate kill -9, Redis restart and revokes under load"
-	@echo "make lint    - cargo fmt --check and clippy -D warnings"
+	@echo "make lint    - cargo fmt --check, clippy -D warnings and no module import cycles"
 
 # Installs only what is missing, so a warm machine pays nothing.
 deps:
@@ -66,6 +66,7 @@ check-conf: build
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	.ci/import-cycles
 
 test-unit: deps
 	$(CARGO) test --locked --lib

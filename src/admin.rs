@@ -8,10 +8,11 @@ use http::{HeaderMap, HeaderValue, Method, header};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::api::Response;
+use crate::clock::now_ms;
 use crate::credentials::bearer;
-use crate::gate::{Gate, now_ms, store_reject};
+use crate::gate::{Gate, store_reject};
 use crate::reject::Reject;
+use crate::response::Response;
 use crate::segment::percent_decode;
 use crate::session::Status;
 

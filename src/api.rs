@@ -7,17 +7,20 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use http::{HeaderMap, HeaderValue, Method, header};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::config::{SameSite, normalize_origin};
 use crate::credentials::{TicketFrom, find_ticket};
-use crate::gate::{Gate, Settings, now_ms, store_reject};
+use crate::gate::{Gate, store_reject};
 use crate::login;
 use crate::reject::Reject;
+use crate::response::Response;
 use crate::segment::percent_decode;
 use crate::session::{Session, Status, merge_vars, validate_vars};
+use crate::settings::Settings;
 use crate::store::RateDecision;
 use crate::ticket::{Claims, new_session_id};
 
@@ -36,63 +39,6 @@ pub struct ApiRequest<'a> {
     /// (or HTTP/2 `:authority`): together, the request's own origin.
     pub scheme: &'a str,
     pub host: Option<&'a str>,
-}
-
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn json(status: u16, body: &serde_json::Value) -> Response {
-        Response {
-            status,
-            headers: vec![(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body: serde_json::to_vec(body).unwrap_or_default(),
-        }
-    }
-
-    pub fn empty(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    /// The SPEC's error body for a refusal. Refusals are never cacheable, so
-    /// every one says `Cache-Control: no-store`, wherever it is written.
-    pub fn reject(r: &Reject) -> Response {
-        let mut out = Response {
-            status: r.status(),
-            headers: vec![
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                ),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-            body: r.body(),
-        };
-        for (k, v) in r.extra_headers() {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                out.headers.push((k, v));
-            }
-        }
-        out
-    }
-
-    fn with_cookie(mut self, cookie: String) -> Response {
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            self.headers.push((header::SET_COOKIE, v));
-        }
-        self
-    }
 }
 
 /// Serves one `/_session` request.
@@ -544,7 +490,7 @@ mod tests {
     use super::*;
 
     fn settings(cookie: &str) -> Settings {
-        crate::gate::tests::settings_with(&format!("  cookie: {cookie}\n"))
+        crate::settings::tests::settings_with(&format!("  cookie: {cookie}\n"))
     }
 
     #[test]

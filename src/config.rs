@@ -19,10 +19,12 @@ mod raw;
 mod source;
 #[cfg(test)]
 mod tests;
+mod yaml;
 
 use check::Ctx;
-use raw::{RawConfig, RawUsersFile, deserialize};
+use raw::{RawConfig, RawUsersFile};
 use source::{SourceMap, substitute};
+use yaml::deserialize;
 
 /// Where listening sockets are handed over during `run --upgrade` by default.
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sessiongate_upgrade.sock";
@@ -110,25 +112,43 @@ impl Cidr {
     }
 }
 
-impl std::str::FromStr for Cidr {
-    type Err = String;
+/// Why a string is not a [`Cidr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{text}` is not an address or CIDR block (like `10.0.0.0/8`)")]
+    Address {
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("`{text}`: the prefix length must be 0 to {max}")]
+    Prefix { text: String, max: u8 },
+}
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{s}` is not an address or CIDR block (like `10.0.0.0/8`)"))?;
+        let addr: IpAddr = addr.parse().map_err(|source| CidrError::Address {
+            text: s.to_owned(),
+            source,
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+            Some(p) => {
+                p.parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or_else(|| CidrError::Prefix {
+                        text: s.to_owned(),
+                        max,
+                    })?
+            }
         };
         Ok(Cidr { addr, prefix })
     }
@@ -577,16 +597,16 @@ pub fn parse(
     let (text, map) = substitute(text, env).map_err(|errors| {
         errors
             .into_iter()
-            .map(|(line, col, message)| ConfigError {
+            .map(|(line, col, e)| ConfigError {
                 file: file.to_owned(),
                 line,
                 col,
-                message,
+                message: e.to_string(),
             })
             .collect::<Vec<_>>()
     })?;
-    let raw: RawConfig = deserialize(&text, &map, file)?;
-    let mut cx = Ctx::new(file, &map, &text);
+    let (raw, marks): (RawConfig, _) = deserialize(&text, &map, file)?;
+    let mut cx = Ctx::new(file, &map, marks);
     let config = cx.config(raw);
     cx.finish(config)
 }
@@ -601,8 +621,8 @@ pub fn load_users(path: &Path) -> Result<Vec<UserEntry>, Vec<ConfigError>> {
 /// Parses a users file; `file` only names the source in errors.
 pub fn parse_users(text: &str, file: &Path) -> Result<Vec<UserEntry>, Vec<ConfigError>> {
     let map = SourceMap::identity(text);
-    let raw: RawUsersFile = deserialize(text, &map, file)?;
-    let mut cx = Ctx::new(file, &map, text);
+    let (raw, marks): (RawUsersFile, _) = deserialize(text, &map, file)?;
+    let mut cx = Ctx::new(file, &map, marks);
     let users = cx.users(raw);
     cx.finish(users)
 }

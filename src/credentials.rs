@@ -6,7 +6,7 @@
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::TicketSource;
-use crate::gate::Settings;
+use crate::settings::Settings;
 
 /// Where the request's ticket came from; the gate removes cookie and query
 /// tickets before forwarding.

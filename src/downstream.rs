@@ -14,7 +14,7 @@
 //! One look at the head comes first: Pingora refuses, with a bare 400, an
 //! absolute-form target whose authority differs from `Host` in any byte. The
 //! gate reads them as equal when they differ only in case or by the scheme's
-//! default port ([`crate::route::same_authority`]): such a target is sent on
+//! default port ([`crate::path::same_authority`]): such a target is sent on
 //! in origin-form, routed by `Host`; one that really differs gets the gate's
 //! JSON 400 ([`absolute_form`]).
 
@@ -29,10 +29,10 @@ use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::Response;
 use crate::gate::Gate;
+use crate::path::same_authority;
 use crate::reject::Reject;
-use crate::route::same_authority;
+use crate::response::Response;
 
 /// Pingora's own cap on a request head; past it the bytes go to Pingora,
 /// which answers 400.

@@ -18,9 +18,9 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::api::Response;
 use crate::gate::Gate;
 use crate::reject::Reject;
+use crate::response::Response;
 use crate::session::Event;
 
 pub const EVENTS_PATH: &str = "/admin/events";

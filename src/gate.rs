@@ -2,434 +2,31 @@
 //! through: find the ticket, verify it, and ask the store (or the
 //! short-lived liveness cache) whether its session is still `active`.
 //!
-//! [`Settings`] is everything derived from one config file; a reload builds a
-//! new one and swaps it in atomically, so a request sees one consistent
-//! config from start to end.
+//! Concurrent checks of one session share one store round trip (single-flight); status
+//! changes go through the gate, which writes them, publishes them and forgets its cached view
+//! at once; store events from other nodes arrive here too. The [`Settings`] it serves come
+//! from `crate::settings`, its caches from `crate::cache`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use http::{HeaderName, HeaderValue};
 use tokio::sync::broadcast;
 
-use crate::config::{Config, OnUnavailable, UserEntry};
+use crate::cache::{Admitted, LivenessCache};
+use crate::clock::{ms, now_ms};
+use crate::config::OnUnavailable;
 use crate::login::HashPool;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
-use crate::route::RouteTable;
 use crate::session::{Event, Liveness, Session, Status};
+use crate::settings::Settings;
 use crate::store::{Created, RateDecision, Rules, SessionStore, StoreError};
-use crate::ticket::{Claims, Key, KeyRing};
 use crate::tunnel::Tunnels;
 
-/// How long a dead session stays readable (and listed) after its
-/// `max_lifetime`, before its keys expire.
-pub const RETAIN_MS: u64 = 24 * 3600 * 1000;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Identity header names, built once per config.
-pub struct IdentityHeaders {
-    /// The prefix lowercased with `_` read as `-`, for the strip: a WSGI or
-    /// CGI upstream reads `X_Session_User` as `HTTP_X_SESSION_USER`, the same
-    /// variable as `X-Session-User`.
-    pub prefix_lower: String,
-    pub id: HeaderName,
-    pub user: HeaderName,
-    pub name: HeaderName,
-    pub roles: HeaderName,
-    /// `<prefix>Var-`, to which a var's key is appended.
-    pub var_prefix: String,
-}
-
-impl IdentityHeaders {
-    fn new(prefix: &str) -> Result<IdentityHeaders, String> {
-        let h = |suffix: &str| {
-            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
-                .map_err(|e| format!("identity.header_prefix: {e}"))
-        };
-        Ok(IdentityHeaders {
-            prefix_lower: prefix.to_ascii_lowercase().replace('_', "-"),
-            id: h("Id")?,
-            user: h("User")?,
-            name: h("Name")?,
-            roles: h("Roles")?,
-            var_prefix: format!("{prefix}Var-"),
-        })
-    }
-
-    /// Whether a client-sent header must be removed before forwarding.
-    pub fn is_identity(&self, name: &HeaderName) -> bool {
-        // HeaderName is always lowercase; `_` and `-` are one character here.
-        let (name, prefix) = (name.as_str().as_bytes(), self.prefix_lower.as_bytes());
-        name.len() >= prefix.len()
-            && name
-                .iter()
-                .zip(prefix)
-                .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
-    }
-
-    /// The headers an admitted request carries upstream.
-    pub fn for_claims(&self, c: &Claims) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(4 + c.vars.len());
-        let mut push = |name: HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                out.push((name, v));
-            }
-        };
-        push(self.id.clone(), &c.sid);
-        push(self.user.clone(), &c.sub);
-        push(self.name.clone(), &c.name);
-        push(self.roles.clone(), &c.roles.join(","));
-        for (k, v) in &c.vars {
-            if let Ok(name) = HeaderName::from_bytes(format!("{}{k}", self.var_prefix).as_bytes()) {
-                push(name, v);
-            }
-        }
-        out
-    }
-}
-
-/// A ticket verified once, with the identity headers it yields. Shared by
-/// every request presenting the same ticket.
-pub struct Admitted {
-    pub claims: Claims,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The ticket's signature segment: a cache hit on the ticket's hash is
-    /// confirmed against it, so a hash collision never lends one ticket's
-    /// identity to another text.
-    signature: Box<str>,
-}
-
-impl Admitted {
-    pub fn new(claims: Claims, headers: Vec<(HeaderName, HeaderValue)>, ticket: &str) -> Admitted {
-        Admitted {
-            claims,
-            headers,
-            signature: signature_of(ticket).into(),
-        }
-    }
-
-    /// What the entry holds, estimated in bytes, for the cache's budget.
-    fn weight(&self) -> u32 {
-        let c = &self.claims;
-        let claims = c.iss.len()
-            + c.sid.len()
-            + c.sub.len()
-            + c.name.len()
-            + c.roles.iter().map(|r| r.len() + 24).sum::<usize>()
-            + c.vars
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 64)
-                .sum::<usize>();
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 64)
-            .sum();
-        let total = std::mem::size_of::<Admitted>() + claims + headers + self.signature.len();
-        u32::try_from(total + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-    }
-}
-
-fn signature_of(ticket: &str) -> &str {
-    ticket.rsplit('.').next().unwrap_or("")
-}
-
-/// Bytes a cache entry costs beyond its own data (the cache's node, its
-/// key, the map slot), a rough figure that keeps the budget honest.
-const ENTRY_OVERHEAD: usize = 160;
-/// A verified ticket is re-verified at least this often even while repeated.
-const TICKET_CACHE_TTL: Duration = Duration::from_secs(600);
-
-/// Verified tickets by a keyed hash of their text: a repeat of a ticket skips
-/// the HMAC, the JSON decoding and the header building. Only the expiry is
-/// re-checked; the session's liveness is checked on every request
-/// regardless. Bounded by an estimate of the bytes it holds
-/// (`tickets.cache_max_bytes`), evicting the least used first, entry by
-/// entry. Lives in [`Settings`], so a reload (new keys) starts it empty.
-pub struct TicketCache {
-    map: moka::sync::Cache<u64, Arc<Admitted>>,
-    hasher: std::hash::RandomState,
-}
-
-impl TicketCache {
-    pub fn new(max_bytes: u64) -> TicketCache {
-        TicketCache {
-            map: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_, a: &Arc<Admitted>| a.weight())
-                .time_to_live(TICKET_CACHE_TTL)
-                .build(),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-
-    fn key(&self, ticket: &str) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.hasher.hash_one(ticket)
-    }
-
-    fn get(&self, ticket: &str, now_secs: u64, leeway_secs: u64) -> Option<Arc<Admitted>> {
-        use subtle::ConstantTimeEq as _;
-        self.map.get(&self.key(ticket)).filter(|a| {
-            a.claims.exp.saturating_add(leeway_secs) > now_secs
-                && bool::from(
-                    a.signature
-                        .as_bytes()
-                        .ct_eq(signature_of(ticket).as_bytes()),
-                )
-        })
-    }
-
-    fn put(&self, ticket: &str, admitted: Arc<Admitted>) {
-        self.map.insert(self.key(ticket), admitted);
-    }
-
-    /// Entries and their estimated bytes (after pending evictions ran).
-    pub fn usage(&self) -> (u64, u64) {
-        self.map.run_pending_tasks();
-        (self.map.entry_count(), self.map.weighted_size())
-    }
-}
-
-/// Everything derived from one config file.
-pub struct Settings {
-    pub config: Config,
-    pub routes: RouteTable,
-    pub keys: KeyRing,
-    pub rules: Rules,
-    pub identity: IdentityHeaders,
-    /// users file entries by username
-    pub users: HashMap<String, UserEntry>,
-    /// The ticket cookie's name (`__Host-<name>` when secure).
-    pub cookie_name: String,
-    /// Cookies never forwarded: the ticket cookie under both its names, so a
-    /// ticket sent under the spelling this config does not read still stays
-    /// at the gate.
-    pub strip_cookies: [String; 2],
-    pub tickets: TicketCache,
-}
-
-impl Settings {
-    pub fn new(config: Config, users: Vec<UserEntry>) -> Result<Settings, String> {
-        let keys = KeyRing::new(
-            config
-                .tickets
-                .keys
-                .iter()
-                .map(|k| Key::new(k.id.clone(), k.secret.clone()))
-                .collect(),
-            config.tickets.issuer.clone(),
-            config.tickets.leeway.as_secs(),
-        );
-        let rules = Rules {
-            idle_ms: ms(config.sessions.idle_timeout),
-            touch_ms: ms(config.sessions.touch_interval),
-            retain_ms: RETAIN_MS,
-        };
-        let identity = IdentityHeaders::new(&config.identity.header_prefix)?;
-        let cookie = &config.tickets.cookie;
-        let cookie_name = if cookie.secure {
-            format!("__Host-{}", cookie.name)
-        } else {
-            cookie.name.clone()
-        };
-        let strip_cookies = [cookie.name.clone(), format!("__Host-{}", cookie.name)];
-        Ok(Settings {
-            strip_cookies,
-            routes: RouteTable::new(&config.routes),
-            keys,
-            rules,
-            identity,
-            users: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
-            cookie_name,
-            tickets: TicketCache::new(config.tickets.cache_max_bytes),
-            config,
-        })
-    }
-
-    pub fn ttl_ms(&self) -> u64 {
-        ms(self.config.sessions.ttl)
-    }
-
-    pub fn max_lifetime_ms(&self) -> u64 {
-        ms(self.config.sessions.max_lifetime)
-    }
-}
-
-/// Forgetting with generations: the answer to a store check that began
-/// before a session was forgotten must never vouch for it afterwards.
-///
-/// Every forget takes the next generation from one counter and records it
-/// in the session's slot (a slot per hash of the session id, so the table
-/// is fixed-size and needs no expiry). A check notes the counter before it
-/// goes to the store; its answer is good only while the session's slot, and
-/// the forget-everything mark, are no later than that note. A forget that
-/// lands while a check is in flight thus voids the check's answer, however
-/// late it comes back. Two sessions sharing a slot only cost an extra round
-/// trip now and then.
-struct Forgets {
-    clock: AtomicU64,
-    slots: Box<[AtomicU64]>,
-    everything: AtomicU64,
-    hasher: std::hash::RandomState,
-}
-
-/// Slots of [`Forgets`]: 512 KiB, so that collisions stay rare.
-const FORGET_SLOTS: usize = 1 << 16;
-
-impl Forgets {
-    fn new() -> Forgets {
-        Forgets {
-            clock: AtomicU64::new(0),
-            slots: (0..FORGET_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            everything: AtomicU64::new(0),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-
-    fn slot(&self, sid: &str) -> &AtomicU64 {
-        use std::hash::BuildHasher as _;
-        let i = (self.hasher.hash_one(sid) as usize) % FORGET_SLOTS;
-        &self.slots[i]
-    }
-
-    /// The generation a check notes before it asks the store.
-    fn now(&self) -> u64 {
-        self.clock.load(Ordering::SeqCst)
-    }
-
-    fn forget(&self, sid: &str) {
-        let g = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-        self.slot(sid).fetch_max(g, Ordering::SeqCst);
-    }
-
-    fn forget_everything(&self) {
-        let g = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-        self.everything.fetch_max(g, Ordering::SeqCst);
-    }
-
-    /// Whether nothing forgot `sid` after generation `since`.
-    fn unchanged_since(&self, sid: &str, since: u64) -> bool {
-        self.slot(sid).load(Ordering::SeqCst) <= since
-            && self.everything.load(Ordering::SeqCst) <= since
-    }
-}
-
-#[derive(Clone, Copy)]
-struct CacheEntry {
-    live: Liveness,
-    checked_at: u64,
-    /// The [`Forgets`] generation noted before the check that answered.
-    since: u64,
-}
-
-/// Per-node liveness cache: skips the store round trip for a session checked
-/// within `store.cache` (default 1 s) whose `lastActiveAt` is not yet due a
-/// write. Status changes are pushed over the events channel, which forgets
-/// the session at once; the TTL bounds the delay if an event is lost, and a
-/// lost event that is noticed (a lagging follower, a lost subscription)
-/// forgets everything. Bounded by `store.cache_max_bytes`.
-pub struct LivenessCache {
-    map: moka::sync::Cache<String, CacheEntry>,
-    forgets: Forgets,
-}
-
-fn liveness_weight(sid: &str) -> u32 {
-    let bytes = sid.len() + std::mem::size_of::<CacheEntry>() + ENTRY_OVERHEAD;
-    u32::try_from(bytes).unwrap_or(u32::MAX)
-}
-
-/// Entries outlive their freshness so `on_unavailable: grace` can use them.
-const CACHE_RETAIN: Duration = Duration::from_secs(5 * 60);
-
-impl LivenessCache {
-    /// `retain`: how long an entry is kept at most (the longest of its uses).
-    fn new(max_bytes: u64, retain: Duration) -> LivenessCache {
-        LivenessCache {
-            map: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|sid: &String, _: &CacheEntry| liveness_weight(sid))
-                .time_to_live(retain.max(CACHE_RETAIN))
-                .build(),
-            forgets: Forgets::new(),
-        }
-    }
-
-    /// The session's entry, if no forget has voided it.
-    fn entry(&self, sid: &str) -> Option<CacheEntry> {
-        self.map
-            .get(sid)
-            .filter(|e| self.forgets.unchanged_since(sid, e.since))
-    }
-
-    fn fresh(&self, sid: &str, now: u64, rules: Rules, ttl_ms: u64) -> bool {
-        self.entry(sid).is_some_and(|e| {
-            let mut l = e.live;
-            now.saturating_sub(e.checked_at) < ttl_ms
-                && l.apply_clock(now, rules.idle_ms).is_none()
-                && l.status.is_active()
-                && !l.touch_due(now, rules.touch_ms)
-        })
-    }
-
-    /// Whether this node saw the session active within `grace_ms` (and the
-    /// clock has not ended it since, nor has an event).
-    fn seen_active_within(&self, sid: &str, now: u64, grace_ms: u64) -> bool {
-        self.entry(sid).is_some_and(|e| {
-            now.saturating_sub(e.checked_at) < grace_ms
-                && e.live.status.is_active()
-                && now < e.live.expire_at
-        })
-    }
-
-    /// Keeps an answer from a check that began at generation `since`, unless
-    /// the session was forgotten meanwhile.
-    fn put(&self, sid: &str, live: Liveness, now: u64, since: u64) {
-        if self.forgets.unchanged_since(sid, since) {
-            let entry = CacheEntry {
-                live,
-                checked_at: now,
-                since,
-            };
-            self.map.insert(sid.to_owned(), entry);
-        }
-    }
-
-    fn forget(&self, sid: &str) {
-        // The generation first: from here on no older answer is good, even
-        // one whose insert races with the removal below.
-        self.forgets.forget(sid);
-        self.map.invalidate(sid);
-    }
-
-    fn forget_everything(&self) {
-        self.forgets.forget_everything();
-        self.map.invalidate_all();
-    }
-
-    /// Entries and their estimated bytes (after pending evictions ran).
-    pub fn usage(&self) -> (u64, u64) {
-        self.map.run_pending_tasks();
-        (self.map.entry_count(), self.map.weighted_size())
-    }
-}
-
 /// One store check shared by concurrent requests for the same session, with
-/// the [`Forgets`] generation noted before it began.
+/// the liveness cache's forget generation noted before it began.
 type Flight = Arc<tokio::sync::OnceCell<(Result<Option<Liveness>, Reject>, u64)>>;
 
 struct Retire<'a> {
@@ -475,22 +72,6 @@ pub struct Gate {
     /// Requests (tunnels included) being served, for a graceful stop that
     /// exits as soon as they are done.
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// Counts one request as in flight for as long as it lives.
-pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
-
-impl InFlight {
-    pub fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
-        counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        InFlight(Arc::clone(counter))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 impl Gate {
@@ -543,7 +124,7 @@ impl Gate {
     /// The generation to note before admitting a request whose outcome
     /// outlives the admission (a WebSocket): see [`Gate::recheck`].
     pub fn generation(&self) -> u64 {
-        self.cache.forgets.now()
+        self.cache.generation()
     }
 
     /// Verifies a ticket and its session's liveness: at most one store round
@@ -616,7 +197,7 @@ impl Gate {
     /// tunnel to end, but it forgot the session, which this sees. With no
     /// forget since, the admission stands without a round trip.
     pub async fn recheck(&self, s: &Settings, sid: &str, since: u64) -> Result<(), Reject> {
-        if sid.is_empty() || self.cache.forgets.unchanged_since(sid, since) {
+        if sid.is_empty() || self.cache.unchanged_since(sid, since) {
             return Ok(());
         }
         self.liveness(s, sid, now_ms()).await
@@ -871,7 +452,7 @@ impl Gate {
     }
 
     /// [`Gate::follow_events`] on given channels.
-    async fn follow(
+    pub(crate) async fn follow(
         &self,
         mut rx: broadcast::Receiver<Event>,
         mut gaps: tokio::sync::watch::Receiver<u64>,
@@ -912,8 +493,11 @@ pub fn store_reject(e: StoreError) -> Reject {
 pub(crate) mod tests {
     use super::*;
     use crate::session::{Event, Session};
+    use crate::settings::tests::settings;
     use crate::store::{Created, RateDecision, SessionStore, memory::MemoryStore};
+    use crate::ticket::Claims;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
     use tokio::sync::Notify;
 
     /// The real memory store behind a wrapper that counts checks, can slow
@@ -923,16 +507,16 @@ pub(crate) mod tests {
     /// meanwhile.
     pub(crate) struct Wrapped {
         pub(crate) inner: MemoryStore,
-        checks: AtomicUsize,
-        delay: Duration,
-        hold: AtomicBool,
-        entered: Notify,
-        release: Notify,
-        events: Mutex<Option<broadcast::Receiver<Event>>>,
+        pub(crate) checks: AtomicUsize,
+        pub(crate) delay: Duration,
+        pub(crate) hold: AtomicBool,
+        pub(crate) entered: Notify,
+        pub(crate) release: Notify,
+        pub(crate) events: Mutex<Option<broadcast::Receiver<Event>>>,
         /// While set, `check_many` answers as an unreachable store does:
         /// after a timeout, an error.
-        unreachable: AtomicBool,
-        many_calls: AtomicUsize,
+        pub(crate) unreachable: AtomicBool,
+        pub(crate) many_calls: AtomicUsize,
     }
 
     impl Wrapped {
@@ -1047,50 +631,13 @@ pub(crate) mod tests {
         }
     }
 
-    /// Settings from a minimal memory-store config, for unit tests across
-    /// modules; `tickets_extra` is YAML added under `tickets:`.
-    pub(crate) fn settings_with(tickets_extra: &str) -> Settings {
-        let yaml = format!(
-            "listen: [\"127.0.0.1:1\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ\n{tickets_extra}routes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n"
-        );
-        let cfg = crate::config::parse(&yaml, std::path::Path::new("t.yaml"), &|_| None).unwrap();
-        Settings::new(cfg, Vec::new()).unwrap()
-    }
-
-    fn settings() -> Settings {
-        settings_with("")
-    }
-
-    #[test]
-    fn identity_prefix_is_stripped_with_underscores_read_as_dashes() {
-        let s = settings();
-        let is = |name: &str| {
-            s.identity
-                .is_identity(&HeaderName::from_bytes(name.as_bytes()).unwrap())
-        };
-        for name in [
-            "x-session-user",
-            "X_Session_User",
-            "x_session-roles",
-            "X-SESSION_VAR_TIER",
-            "x-session-",
-        ] {
-            assert!(is(name), "{name}");
-        }
-        for name in [
-            "x-sessionuser",
-            "x-sessio",
-            "xx-session-user",
-            "x.session.user",
-            "session-user",
-        ] {
-            assert!(!is(name), "{name}");
-        }
-    }
-
     /// A gate over `store`, with an active session `sid` of user `u1` created
     /// at `now`, and a ticket for it.
-    async fn gate_with_session(store: Arc<Wrapped>, sid: &str, now: u64) -> (Arc<Gate>, String) {
+    pub(crate) async fn gate_with_session(
+        store: Arc<Wrapped>,
+        sid: &str,
+        now: u64,
+    ) -> (Arc<Gate>, String) {
         let gate = Gate::new(settings(), store, "t.yaml".into());
         let s = gate.settings();
         let session = Session {
@@ -1270,171 +817,5 @@ pub(crate) mod tests {
             vec!["sid-two".to_owned()]
         );
         assert!(reg.ctl().is_ending());
-    }
-
-    /// Item 4: a lagging follower forgets everything and has every tunnel re-checked.
-    #[tokio::test]
-    async fn lost_events_clear_the_cache_and_recheck_every_tunnel() {
-        let now = now_ms();
-        let store = Arc::new(Wrapped::new(Duration::ZERO));
-        let (gate, ticket) = gate_with_session(store.clone(), "sid-lag", now).await;
-        let s = gate.settings();
-        gate.admit(&s, Some(&ticket), now).await.unwrap();
-        let reg = gate.tunnels.register("sid-lag", "chat");
-        let mut known = crate::sweeper::Known::default();
-        let first = crate::sweeper::pass(&gate, &mut known, now, false).await;
-        assert_eq!(first.checked, 1);
-        // Nothing is due now: the next pass asks nothing.
-        assert_eq!(
-            crate::sweeper::pass(&gate, &mut known, now + 10, false)
-                .await
-                .checked,
-            0
-        );
-
-        // The revoke's event is among those lost: a channel of one, overrun.
-        let (tx, rx) = broadcast::channel(1);
-        for _ in 0..3 {
-            tx.send(Event::new("other", "u2", Status::Ended, now))
-                .unwrap();
-        }
-        store
-            .inner
-            .set_status("sid-lag", Status::Revoked, now + 20, s.rules)
-            .await
-            .unwrap();
-        let (_gaps_tx, gaps) = tokio::sync::watch::channel(0);
-        let follower = {
-            let gate = Arc::clone(&gate);
-            tokio::spawn(async move { gate.follow(rx, gaps).await })
-        };
-        gate.resync_requested().await;
-        assert!(gate.take_resync());
-        assert!(!reg.ctl().is_ending());
-        assert_eq!(
-            gate.admit(&s, Some(&ticket), now + 30).await.map(|_| ()),
-            Err(Reject::Session(Status::Revoked)),
-            "the cache was cleared"
-        );
-        let pass = crate::sweeper::pass(&gate, &mut known, now + 30, true).await;
-        assert_eq!((pass.checked, pass.ended), (1, 1));
-        assert!(reg.ctl().is_ending());
-        drop(tx);
-        follower.await.unwrap();
-    }
-
-    /// Item 3 seen from the sweeper: a tunnel whose client never sends is
-    /// abandoned at its deadline, not a touch interval later; one whose
-    /// client talks is kept alive from its frames' times.
-    #[tokio::test]
-    async fn silent_tunnels_age_from_login_and_frames_count_when_they_arrived() {
-        let now = now_ms();
-        let store = Arc::new(Wrapped::new(Duration::ZERO));
-        let (gate, _) = gate_with_session(store.clone(), "sid-quiet", now).await;
-        let s = gate.settings();
-        let idle = s.rules.idle_ms;
-        let quiet = gate.tunnels.register("sid-quiet", "chat");
-        let mut known = crate::sweeper::Known::default();
-        // Opened long after login; registration is no activity.
-        crate::sweeper::pass(&gate, &mut known, now + idle - 1_000, false).await;
-        assert!(!quiet.ctl().is_ending());
-        let at_deadline = crate::sweeper::pass(&gate, &mut known, now + idle, false).await;
-        assert_eq!(at_deadline.ended, 1);
-        assert!(quiet.ctl().is_ending());
-        let session = gate
-            .session("sid-quiet", now + idle, s.rules)
-            .await
-            .unwrap();
-        assert_eq!(session.map(|x| x.status), Some(Status::Abandoned));
-    }
-
-    /// Item 6: 10,000 tunnels over 10,000 sessions are checked in batches,
-    /// one store call per batch; with the store unreachable a pass gives up
-    /// after the first failed round of batches instead of waiting out a
-    /// timeout per session.
-    #[tokio::test(start_paused = true)]
-    async fn the_sweeper_checks_in_batches_and_never_stalls_on_a_dead_store() {
-        let now = now_ms();
-        let store = Arc::new(Wrapped::new(Duration::ZERO));
-        let gate = Gate::new(settings(), store.clone(), "t.yaml".into());
-        let regs: Vec<_> = (0..10_000)
-            .map(|i| gate.tunnels.register(&format!("sid-{i}"), "chat"))
-            .collect();
-        let mut known = crate::sweeper::Known::default();
-        let pass = crate::sweeper::pass(&gate, &mut known, now, false).await;
-        // Unknown sessions: each tunnel ends (no such session), in 40 calls.
-        assert_eq!((pass.checked, pass.ended), (10_000, 10_000));
-        assert_eq!(
-            store.many_calls.load(Ordering::SeqCst),
-            10_000usize.div_ceil(crate::sweeper::BATCH)
-        );
-
-        store.unreachable.store(true, Ordering::SeqCst);
-        store.many_calls.store(0, Ordering::SeqCst);
-        let started = tokio::time::Instant::now();
-        let pass = crate::sweeper::pass(&gate, &mut known, now, true).await;
-        assert!(pass.store_failed);
-        assert_eq!(pass.checked, 0);
-        assert!(store.many_calls.load(Ordering::SeqCst) <= crate::sweeper::CONCURRENCY);
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "{:?}",
-            started.elapsed()
-        );
-        drop(regs);
-    }
-
-    /// Item 7: both caches stay within their byte budgets however many
-    /// distinct entries arrive, evicting entry by entry.
-    #[test]
-    fn caches_are_bounded_by_their_byte_budgets() {
-        let s = settings();
-        let budget = 1u64 << 20;
-        let tickets = TicketCache::new(budget);
-        let claims = |i: usize| Claims {
-            iss: "sessiongate".into(),
-            sid: format!("sid-{i:026}"),
-            sub: format!("user-{i}"),
-            name: "A name".into(),
-            roles: vec!["player".into()],
-            vars: (0..8).map(|k| (format!("k{k}"), "v".repeat(100))).collect(),
-            iat: 0,
-            exp: u64::MAX / 2,
-        };
-        let mut weight = 0;
-        for i in 0..20_000 {
-            let c = claims(i);
-            let headers = s.identity.for_claims(&c);
-            let ticket = format!("h.p{i}.sig{i}");
-            let a = Arc::new(Admitted::new(c, headers, &ticket));
-            weight = a.weight();
-            tickets.put(&ticket, a);
-        }
-        let (n, bytes) = tickets.usage();
-        assert!(bytes <= budget, "{bytes} > {budget}");
-        assert!(n > 0 && n < 20_000, "{n} entries of {weight} bytes");
-        assert!(
-            u64::from(weight) > 2_000,
-            "the vars and headers are weighed: {weight}"
-        );
-        // Only the same text hits (a key collision would still need the signature).
-        let roomy = TicketCache::new(budget);
-        let c = claims(1);
-        let headers = s.identity.for_claims(&c);
-        roomy.put("h.p.sig", Arc::new(Admitted::new(c, headers, "h.p.sig")));
-        assert!(roomy.get("h.p.sig", 0, 0).is_some());
-        assert!(roomy.get("h.p.forged", 0, 0).is_none());
-
-        let live = LivenessCache::new(budget, Duration::from_secs(60));
-        let l = Liveness {
-            status: Status::Active,
-            expire_at: u64::MAX,
-            last_active_at: 0,
-        };
-        for i in 0..100_000 {
-            live.put(&format!("sid-{i:026}"), l, 0, live.forgets.now());
-        }
-        let (n, bytes) = live.usage();
-        assert!(bytes <= budget && n < 100_000, "{n} entries, {bytes} bytes");
     }
 }

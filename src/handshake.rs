@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::config::RouteTls;
+use crate::http1::{self, Limits, ParseError, ReadError};
 
 /// Largest response head accepted from an upstream.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -31,6 +32,14 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_REFUSAL_BODY: usize = 256 * 1024;
 /// Most headers accepted in an upstream's response head.
 const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// What is read from an upstream; time is bounded by the caller's timeouts.
+const LIMITS: Limits = Limits {
+    head: MAX_HEAD,
+    headers: MAX_RESPONSE_HEADERS,
+    body: MAX_REFUSAL_BODY,
+    idle: None,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -50,8 +59,11 @@ pub enum HandshakeError {
     },
     #[error("upstream {addr} closed the connection before answering")]
     Closed { addr: SocketAddr },
-    #[error("upstream {addr} answered with a malformed response: {why}")]
-    Malformed { addr: SocketAddr, why: &'static str },
+    #[error("upstream {addr} answered with a malformed response: {source}")]
+    Malformed {
+        addr: SocketAddr,
+        source: http1::ParseError,
+    },
     #[error("TLS with {addr}: {source}")]
     Tls {
         addr: SocketAddr,
@@ -60,6 +72,16 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    fn reading(addr: SocketAddr, e: ReadError) -> HandshakeError {
+        match e {
+            ReadError::Io(source) => HandshakeError::Io { addr, source },
+            ReadError::Parse(ParseError::Truncated) => HandshakeError::Closed { addr },
+            ReadError::Parse(source) => HandshakeError::Malformed { addr, source },
+            // Unreachable with no idle limit; a timeout all the same.
+            ReadError::Idle(after) => HandshakeError::Timeout { addr, after },
+        }
+    }
+
     /// No connection was made: another upstream may be tried.
     pub fn is_connect(&self) -> bool {
         matches!(
@@ -156,20 +178,20 @@ pub fn request_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
-    head_len: usize,
+    parsed: http1::Head,
     buf: Vec<u8>,
 }
 
 impl Answer {
     /// The response head as the upstream sent it, blank line included.
     pub fn head(&self) -> &[u8] {
-        &self.buf[..self.head_len]
+        &self.buf[..self.parsed.len]
     }
 
     /// Bytes read past the head: the first WebSocket frames after a 101
     /// (an upstream may greet at once), or the start of a refusal's body.
     pub fn rest(&self) -> &[u8] {
-        &self.buf[self.head_len..]
+        &self.buf[self.parsed.len..]
     }
 }
 
@@ -179,16 +201,28 @@ pub struct TlsClient {
     name: ServerName<'static>,
 }
 
+/// Why a route's TLS client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsClientError {
+    #[error("CA certificate: {0}")]
+    Ca(#[source] rustls::Error),
+    #[error("{0}")]
+    Protocols(#[source] rustls::Error),
+    #[error("sni: {0}")]
+    Sni(#[source] rustls::pki_types::InvalidDnsNameError),
+}
+
 impl TlsClient {
-    /// The route's CA, or the system's roots when it names none.
-    pub fn new(tls: &RouteTls) -> Result<TlsClient, String> {
+    /// The route's CA, or the system's roots when it names none (a file read: built when the
+    /// config loads, never on a request).
+    pub fn new(tls: &RouteTls) -> Result<TlsClient, TlsClientError> {
         let mut roots = rustls::RootCertStore::empty();
         match &tls.ca {
             Some(ders) => {
                 for der in ders.iter() {
                     roots
                         .add(CertificateDer::from(der.clone()))
-                        .map_err(|e| format!("CA certificate: {e}"))?;
+                        .map_err(TlsClientError::Ca)?;
                 }
             }
             None => {
@@ -201,10 +235,10 @@ impl TlsClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsClientError::Protocols)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let name = ServerName::try_from(tls.sni.clone()).map_err(|e| format!("sni: {e}"))?;
+        let name = ServerName::try_from(tls.sni.clone()).map_err(TlsClientError::Sni)?;
         Ok(TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             name,
@@ -301,24 +335,14 @@ pub async fn exchange(
             .await
             .map_err(|source| HandshakeError::Io { addr, source })?;
         let mut buf = Vec::with_capacity(1024);
-        loop {
-            if let Some((status, head_len)) = parse_status(&buf, addr)? {
-                return Ok(Answer {
-                    status,
-                    head_len,
-                    buf,
-                });
-            }
-            if buf.len() >= MAX_HEAD {
-                return Err(HandshakeError::Malformed {
-                    addr,
-                    why: "response head too large",
-                });
-            }
-            if read_more(tcp, &mut buf, addr).await? == 0 {
-                return Err(HandshakeError::Closed { addr });
-            }
-        }
+        let parsed = http1::read_head(tcp, &mut buf, &LIMITS)
+            .await
+            .map_err(|e| HandshakeError::reading(addr, e))?;
+        Ok(Answer {
+            status: parsed.status,
+            parsed,
+            buf,
+        })
     };
     tokio::time::timeout(timeout, work)
         .await
@@ -326,31 +350,6 @@ pub async fn exchange(
             addr,
             after: timeout,
         }))
-}
-
-async fn read_more(
-    tcp: &mut Upstream,
-    buf: &mut Vec<u8>,
-    addr: SocketAddr,
-) -> Result<usize, HandshakeError> {
-    buf.reserve(4096);
-    tcp.read_buf(buf)
-        .await
-        .map_err(|source| HandshakeError::Io { addr, source })
-}
-
-/// The status and head length once `buf` holds a whole response head.
-fn parse_status(buf: &[u8], addr: SocketAddr) -> Result<Option<(u16, usize)>, HandshakeError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => Ok(resp.code.map(|c| (c, len))),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(HandshakeError::Malformed {
-            addr,
-            why: "unparseable response head",
-        }),
-    }
 }
 
 /// An upstream's refusal of the upgrade, read whole.
@@ -370,162 +369,41 @@ pub async fn read_refusal(
     answer: Answer,
     timeout: Duration,
 ) -> Result<Refusal, HandshakeError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    if !matches!(resp.parse(answer.head()), Ok(httparse::Status::Complete(_))) {
-        return Err(HandshakeError::Malformed {
-            addr,
-            why: "unparseable response head",
-        });
-    }
-    let status = answer.status;
-    let mut framing = Framing::UntilClose;
-    let mut kept = Vec::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        if name == "content-length" {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or(HandshakeError::Malformed {
-                    addr,
-                    why: "bad Content-Length",
-                })?;
-            if framing != Framing::Chunked {
-                framing = Framing::Length(n);
-            }
-            continue;
-        }
-        if name == "transfer-encoding" {
-            if h.value.eq_ignore_ascii_case(b"chunked") {
-                framing = Framing::Chunked;
-            }
-            continue;
-        }
-        if HOP_BY_HOP.contains(&name.as_str()) {
+    let Answer {
+        status,
+        parsed,
+        mut buf,
+    } = answer;
+    let mut kept = Vec::with_capacity(parsed.headers.len());
+    for (name, value) in &parsed.headers {
+        let name = name.to_ascii_lowercase();
+        // The proxy glue sets the framing for the client.
+        if name == "content-length" || HOP_BY_HOP.contains(&name.as_str()) {
             continue;
         }
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
+            HeaderValue::from_bytes(value),
         ) {
             kept.push((k, v));
         }
     }
-    if matches!(status, 100..=199 | 204 | 304) {
-        framing = Framing::Length(0);
-    }
-    let rest = answer.rest().to_vec();
-    let body = tokio::time::timeout(timeout, read_body(tcp, addr, rest, framing))
-        .await
-        .unwrap_or(Err(HandshakeError::Timeout {
-            addr,
-            after: timeout,
-        }))?;
+    let rest = buf.split_off(parsed.len);
+    let read = http1::read_body(tcp, parsed.framing, rest, &LIMITS);
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read.map_err(|e| HandshakeError::reading(addr, e))?,
+        Err(_) => {
+            return Err(HandshakeError::Timeout {
+                addr,
+                after: timeout,
+            });
+        }
+    };
     Ok(Refusal {
         status,
         headers: kept,
         body,
     })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    UntilClose,
-}
-
-async fn read_body(
-    tcp: &mut Upstream,
-    addr: SocketAddr,
-    mut raw: Vec<u8>,
-    framing: Framing,
-) -> Result<Vec<u8>, HandshakeError> {
-    let too_large = HandshakeError::Malformed {
-        addr,
-        why: "refusal body too large",
-    };
-    match framing {
-        Framing::Length(n) => {
-            if n > MAX_REFUSAL_BODY {
-                return Err(too_large);
-            }
-            while raw.len() < n {
-                if read_more(tcp, &mut raw, addr).await? == 0 {
-                    return Err(HandshakeError::Closed { addr });
-                }
-            }
-            raw.truncate(n);
-            Ok(raw)
-        }
-        Framing::UntilClose => loop {
-            if raw.len() > MAX_REFUSAL_BODY {
-                return Err(too_large);
-            }
-            if read_more(tcp, &mut raw, addr).await? == 0 {
-                return Ok(raw);
-            }
-        },
-        Framing::Chunked => {
-            let mut body = Vec::new();
-            let mut at = 0;
-            loop {
-                match dechunk(&raw[at..], &mut body) {
-                    Ok(Chunk::Done) => return Ok(body),
-                    Ok(Chunk::Took(n)) => {
-                        at += n;
-                        if body.len() > MAX_REFUSAL_BODY {
-                            return Err(too_large);
-                        }
-                        continue;
-                    }
-                    Ok(Chunk::NeedMore) => {}
-                    Err(why) => return Err(HandshakeError::Malformed { addr, why }),
-                }
-                if raw.len() - at > MAX_REFUSAL_BODY + 1024 {
-                    return Err(too_large);
-                }
-                if read_more(tcp, &mut raw, addr).await? == 0 {
-                    return Err(HandshakeError::Closed { addr });
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Chunk {
-    /// One chunk, this many bytes of input, was decoded into the body.
-    Took(usize),
-    /// The last chunk: the body is complete (trailers are not passed on).
-    Done,
-    NeedMore,
-}
-
-/// Decodes the chunk at the start of `raw`, if it is all there.
-fn dechunk(raw: &[u8], body: &mut Vec<u8>) -> Result<Chunk, &'static str> {
-    let (size_len, size) = match httparse::parse_chunk_size(raw) {
-        Ok(httparse::Status::Complete(v)) => v,
-        Ok(httparse::Status::Partial) => return Ok(Chunk::NeedMore),
-        Err(_) => return Err("bad chunk size"),
-    };
-    if size == 0 {
-        return Ok(Chunk::Done);
-    }
-    let size = usize::try_from(size).map_err(|_| "chunk too large")?;
-    if size > MAX_REFUSAL_BODY {
-        return Err("chunk too large");
-    }
-    let end = size_len + size;
-    if raw.len() < end + 2 {
-        return Ok(Chunk::NeedMore);
-    }
-    if &raw[end..end + 2] != b"\r\n" {
-        return Err("chunk not followed by CRLF");
-    }
-    body.extend_from_slice(&raw[size_len..end]);
-    Ok(Chunk::Took(end + 2))
 }
 
 #[cfg(test)]
@@ -592,32 +470,5 @@ mod tests {
             head,
             b"GET /chat?x=1 HTTP/1.1\r\nhost: gate\r\nx-session-id: s1\r\n\r\n"
         );
-    }
-
-    #[test]
-    fn status_needs_the_whole_head() {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
-        assert_eq!(parse_status(&head[..20], addr).unwrap(), None);
-        let mut with_frame = head.to_vec();
-        with_frame.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
-        assert_eq!(
-            parse_status(&with_frame, addr).unwrap(),
-            Some((101, head.len()))
-        );
-        assert!(parse_status(b"HTTP/1.1 abc\r\n\r\n", addr).is_err());
-    }
-
-    #[test]
-    fn chunks_decode_one_at_a_time() {
-        let raw = b"4\r\nnope\r\n3;ext=1\r\n!!!\r\n0\r\n\r\n";
-        let mut body = Vec::new();
-        assert_eq!(dechunk(raw, &mut body), Ok(Chunk::Took(9)));
-        assert_eq!(dechunk(&raw[9..], &mut body), Ok(Chunk::Took(14)));
-        assert_eq!(dechunk(&raw[23..], &mut body), Ok(Chunk::Done));
-        assert_eq!(body, b"nope!!!");
-        assert_eq!(dechunk(b"4\r\nno", &mut body), Ok(Chunk::NeedMore));
-        assert!(dechunk(b"zz\r\n", &mut body).is_err());
-        assert!(dechunk(b"2\r\nabXY", &mut body).is_err());
     }
 }

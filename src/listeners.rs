@@ -129,35 +129,56 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     }
 }
 
+/// Why the running gate could not be asked to hand its sockets over.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error("{}: cannot read the running gate's pid: {source}", file.display())]
+    Read {
+        file: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a process id: {text:?}", file.display())]
+    NotPid {
+        file: std::path::PathBuf,
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("{}: names this very process", file.display())]
+    Itself { file: std::path::PathBuf },
+    #[error("cannot run kill: {0}")]
+    Kill(#[source] std::io::Error),
+    #[error("pid {pid} (from {}) cannot be signalled", file.display())]
+    NotSignalled { pid: u32, file: std::path::PathBuf },
+}
+
 /// `run --upgrade`: asks the gate whose pid `pid_file` holds to send its
 /// listening sockets over (SIGQUIT, Pingora's graceful upgrade signal).
-pub fn ask_to_hand_over(pid_file: &std::path::Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        format!(
-            "{}: cannot read the running gate's pid: {e}",
-            pid_file.display()
-        )
+pub fn ask_to_hand_over(pid_file: &std::path::Path) -> Result<(), HandOverError> {
+    let file = || pid_file.to_owned();
+    let text = std::fs::read_to_string(pid_file).map_err(|source| HandOverError::Read {
+        file: file(),
+        source,
     })?;
-    let pid: u32 = text.trim().parse().map_err(|_| {
-        format!(
-            "{}: not a process id: {:?}",
-            pid_file.display(),
-            text.trim()
-        )
-    })?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|source| HandOverError::NotPid {
+            file: file(),
+            text: text.trim().to_owned(),
+            source,
+        })?;
     if pid == std::process::id() {
-        return Err(format!("{}: names this very process", pid_file.display()));
+        return Err(HandOverError::Itself { file: file() });
     }
     // `kill` rather than a signal crate: one call per upgrade, and no unsafe.
     let status = std::process::Command::new("kill")
         .args(["-QUIT", &pid.to_string()])
         .status()
-        .map_err(|e| format!("cannot run kill: {e}"))?;
+        .map_err(HandOverError::Kill)?;
     if !status.success() {
-        return Err(format!(
-            "pid {pid} (from {}) cannot be signalled",
-            pid_file.display()
-        ));
+        return Err(HandOverError::NotSignalled { pid, file: file() });
     }
     tracing::info!(
         pid,

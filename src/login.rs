@@ -11,14 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::config::{DelegateConfig, UserEntry};
-use crate::gate::Settings;
+use crate::http1::{self, Limits};
 use crate::reject::Reject;
 use crate::session::validate_vars;
+use crate::settings::Settings;
 
 /// Who the credential check says the user is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -261,15 +262,29 @@ fn well_formed(i: &Identity) -> bool {
         && i.vars.values().all(|v| text_ok(v))
 }
 
-const MAX_DELEGATE_RESPONSE: usize = 64 * 1024;
+/// What is read of a delegate's answer; the delegate's timeout bounds the time.
+const DELEGATE_LIMITS: Limits = Limits {
+    head: 64 * 1024,
+    headers: 32,
+    body: 64 * 1024,
+    idle: None,
+};
+
+/// Why a delegate could not be asked.
+#[derive(Debug, thiserror::Error)]
+enum DelegateError {
+    #[error("delegate url must be http://")]
+    Url,
+    #[error("connecting or sending: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading the answer: {0}")]
+    Read(#[from] http1::ReadError),
+}
 
 /// A minimal HTTP/1.1 POST over plain TCP (the delegate sits beside the
 /// gate); answers (status, body).
-async fn post_json(url: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("delegate url must be http://"))?;
+async fn post_json(url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), DelegateError> {
+    let rest = url.strip_prefix("http://").ok_or(DelegateError::Url)?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -281,77 +296,11 @@ async fn post_json(url: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_DELEGATE_RESPONSE {
-            return Err(bad("delegate response too large"));
-        }
-        // A delegate may keep the connection open despite `Connection:
-        // close`: stop as soon as the framing says the answer is whole,
-        // rather than wait for an EOF that only the timeout would end.
-        if let Some(answer) = parse_response(&buf, n == 0)? {
-            return Ok(answer);
-        }
-        if n == 0 {
-            return Err(bad("delegate closed the connection mid-answer"));
-        }
-    }
-}
-
-/// `(status, body)` once `buf` holds a whole response, `None` while more is
-/// needed. The body is framed by chunking or `Content-Length`; without
-/// either it ends at EOF (`eof`: nothing more will come).
-fn parse_response(buf: &[u8], eof: bool) -> std::io::Result<Option<(u16, Vec<u8>)>> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let off = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(off)) => off,
-        Ok(httparse::Status::Partial) if !eof => return Ok(None),
-        _ => return Err(bad("malformed delegate response")),
-    };
-    let status = resp.code.ok_or_else(|| bad("no status"))?;
-    let header = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-    };
-    let raw = &buf[off..];
-    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        return match dechunk(raw) {
-            Some(body) => Ok(Some((status, body))),
-            None if !eof => Ok(None),
-            None => Err(bad("bad chunked body")),
-        };
-    }
-    if let Some(len) = header("content-length") {
-        let len: usize = len.trim().parse().map_err(|_| bad("bad content-length"))?;
-        return match raw.get(..len) {
-            Some(body) => Ok(Some((status, body.to_vec()))),
-            None if !eof => Ok(None),
-            None => Err(bad("delegate response cut short")),
-        };
-    }
-    Ok(eof.then(|| (status, raw.to_vec())))
-}
-
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
+    // A delegate may keep the connection open despite `Connection: close`:
+    // the reader stops as soon as the framing says the answer is whole,
+    // rather than wait for an EOF that only the timeout would end.
+    let answer = http1::read_response(&mut stream, &DELEGATE_LIMITS).await?;
+    Ok((answer.head.status, answer.body))
 }
 
 #[cfg(test)]
@@ -426,41 +375,5 @@ mod tests {
     #[test]
     fn dummy_hash_parses() {
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
-    }
-
-    #[test]
-    fn response_is_whole_by_its_framing_not_by_eof() {
-        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(
-            parse_response(full, false).unwrap(),
-            Some((200, b"{}".to_vec()))
-        );
-        assert_eq!(
-            parse_response(&full[..full.len() - 1], false).unwrap(),
-            None
-        );
-        assert!(parse_response(&full[..full.len() - 1], true).is_err());
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked, false).unwrap(),
-            Some((200, b"{}".to_vec()))
-        );
-        let unframed = b"HTTP/1.1 200 OK\r\n\r\n{}";
-        assert_eq!(parse_response(unframed, false).unwrap(), None);
-        assert_eq!(
-            parse_response(unframed, true).unwrap(),
-            Some((200, b"{}".to_vec()))
-        );
-        assert_eq!(parse_response(b"HTTP/1.1 2", false).unwrap(), None);
-        assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
-    }
-
-    #[test]
-    fn dechunk_reads_chunks() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
-        );
-        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 }

@@ -7,8 +7,8 @@ use http::{HeaderValue, header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::api::Response;
 use crate::reject::Reject;
+use crate::response::Response;
 
 pub const ADMIN_HTML: &str = include_str!("pages/admin.html");
 pub const DEMO_HTML: &str = include_str!("pages/demo.html");

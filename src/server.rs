@@ -17,15 +17,17 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
+use crate::clock::now_ms;
 use crate::config::{self, Config, ConfigError, StoreKind};
 use crate::downstream::Downstream;
-use crate::gate::{Gate, Settings, now_ms};
+use crate::gate::Gate;
 use crate::health::Health;
 use crate::listeners::EdgeApp;
 use crate::proxy::Proxy;
-use crate::store::SessionStore;
+use crate::settings::{Settings, SettingsError};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::{SessionStore, StoreError};
 use crate::tls::SniResolver;
 use crate::tunnel::CLOSE_GOING_AWAY;
 
@@ -33,12 +35,18 @@ use crate::tunnel::CLOSE_GOING_AWAY;
 pub enum StartError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
+    #[error("store: no Redis to connect to")]
+    NoStore,
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
+    #[error("settings: {0}")]
+    HandOver(#[from] crate::listeners::HandOverError),
     #[error("settings: {0}")]
     Settings(String),
     #[error("listeners: {0}")]
     Bind(#[from] crate::bind::BindError),
+    #[error("settings: {0}")]
+    Build(#[from] SettingsError),
 }
 
 /// Loads the config and its users file.
@@ -68,10 +76,9 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
                 }
                 (None, None, Some(nodes)) => RedisStore::with_cluster(nodes, ca, prefix, timeout),
                 (None, None, None) => {
-                    return Err(StartError::Store("store: no Redis to connect to".into()));
+                    return Err(StartError::NoStore);
                 }
-            }
-            .map_err(|e| StartError::Store(e.to_string()))?;
+            }?;
             Ok((r.clone(), Some(r)))
         }
     }
@@ -123,7 +130,7 @@ pub fn run(
     let listen = bound.listen.clone();
     let tls = cfg.tls.clone();
     let proxy_protocol = cfg.clients.proxy_protocol;
-    let settings = Settings::new(cfg, users).map_err(StartError::Settings)?;
+    let settings = Settings::new(cfg, users)?;
     let gate = Gate::new(settings, store, config_path);
     export_cert_expiry(&gate);
     let health = Arc::new(Health::default());
@@ -142,7 +149,7 @@ pub fn run(
                 "--upgrade needs server.pid_file to find the running gate".into(),
             ));
         };
-        crate::listeners::ask_to_hand_over(pid_file).map_err(StartError::Settings)?;
+        crate::listeners::ask_to_hand_over(pid_file)?;
     }
     server.bootstrap();
     if let Some(p) = &pid_file
@@ -344,7 +351,7 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 
 /// The files a reload reads that are watched for changes: the config and
 /// the TLS certificates and keys it names.
-fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
+async fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
     let s = gate.settings();
     let mut files = vec![gate.config_path.clone()];
     if let Some(tls) = &s.config.tls {
@@ -353,13 +360,26 @@ fn watched(gate: &Gate) -> Vec<(PathBuf, Option<SystemTime>)> {
             files.push(c.key_file.clone());
         }
     }
-    files
-        .into_iter()
-        .map(|f| {
-            let t = mtime(&f);
-            (f, t)
-        })
-        .collect()
+    stamps(files).await
+}
+
+/// The files with their modification times, read off the async runtime (file work).
+async fn stamps(files: Vec<PathBuf>) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let stamp = |files: Vec<PathBuf>| -> Vec<(PathBuf, Option<SystemTime>)> {
+        files
+            .into_iter()
+            .map(|f| {
+                let t = mtime(&f);
+                (f, t)
+            })
+            .collect()
+    };
+    let copy = files.clone();
+    // Only a panicking stat could fail the blocking task; then stamp here rather than
+    // report every file changed.
+    tokio::task::spawn_blocking(move || stamp(files))
+        .await
+        .unwrap_or_else(|_| stamp(copy))
 }
 
 /// Reloads on SIGHUP and when the config file or a certificate changes.
@@ -371,7 +391,7 @@ async fn watch_config(gate: Arc<Gate>) {
             None
         }
     };
-    let mut last = watched(&gate);
+    let mut last = watched(&gate).await;
     // A file caught mid-write fails to load; one retry on the next tick
     // picks up the finished file without needing another change.
     let mut retry = false;
@@ -388,10 +408,10 @@ async fn watch_config(gate: Arc<Gate>) {
             _ = hup_fired => true,
             _ = tokio::time::sleep(WATCH_EVERY) => false,
         };
-        let now: Vec<_> = last.iter().map(|(f, _)| (f.clone(), mtime(f))).collect();
+        let now = stamps(last.iter().map(|(f, _)| f.clone()).collect()).await;
         let changed = now != last;
         if by_signal || changed || retry {
-            let ok = reload(&gate);
+            let ok = reload(&gate).await;
             retry = !ok && changed && !by_signal;
             // The new config may name other certificate files. Files already
             // watched keep the stamps read before the load: a write landing
@@ -399,6 +419,7 @@ async fn watch_config(gate: Arc<Gate>) {
             // and is reloaded on the next tick, instead of being taken as seen.
             last = if ok {
                 watched(&gate)
+                    .await
                     .into_iter()
                     .map(|(f, t)| {
                         let before = now.iter().find(|(g, _)| *g == f).map(|(_, b)| *b);
@@ -426,36 +447,58 @@ fn export_cert_expiry(gate: &Gate) {
     }
 }
 
+/// Why a reload keeps the old config.
+enum Refused {
+    Config(Vec<ConfigError>),
+    /// `tls` added or removed, or `clients.proxy_protocol` changed.
+    Listeners,
+    Settings(SettingsError),
+}
+
+/// Reads the config and its files and builds its settings (TLS material included): file
+/// and DNS work, run off the async runtime.
+fn build_reload(path: &Path, old: &Settings) -> Result<Settings, Refused> {
+    let (cfg, users) = load(path).map_err(Refused::Config)?;
+    if cfg.tls.is_some() != old.config.tls.is_some()
+        || cfg.clients.proxy_protocol != old.config.clients.proxy_protocol
+    {
+        return Err(Refused::Listeners);
+    }
+    Settings::new(cfg, users).map_err(Refused::Settings)
+}
+
 /// Swaps in a new config, or keeps the old one and logs why; true when the
 /// new config is in force.
-pub fn reload(gate: &Gate) -> bool {
-    let outcome = match load(&gate.config_path) {
-        Ok((cfg, _))
-            if cfg.tls.is_some() != gate.settings().config.tls.is_some()
-                || cfg.clients.proxy_protocol != gate.settings().config.clients.proxy_protocol =>
-        {
+pub async fn reload(gate: &Gate) -> bool {
+    let path = gate.config_path.clone();
+    let old = gate.settings();
+    let built = tokio::task::spawn_blocking(move || build_reload(&path, &old)).await;
+    let outcome = match built {
+        Ok(Ok(s)) => {
+            gate.swap_settings(s);
+            export_cert_expiry(gate);
+            tracing::info!(file = %gate.config_path.display(), "config reloaded");
+            "ok"
+        }
+        Ok(Err(Refused::Listeners)) => {
             tracing::error!(
                 "config reload rejected: `tls` added or removed, or `clients.proxy_protocol` changed; listeners are set at start; keeping the old config"
             );
             "error"
         }
-        Ok((cfg, users)) => match Settings::new(cfg, users) {
-            Ok(s) => {
-                gate.swap_settings(s);
-                export_cert_expiry(gate);
-                tracing::info!(file = %gate.config_path.display(), "config reloaded");
-                "ok"
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "config reload rejected; keeping the old config");
-                "error"
-            }
-        },
-        Err(errors) => {
+        Ok(Err(Refused::Settings(e))) => {
+            tracing::error!(error = %e, "config reload rejected; keeping the old config");
+            "error"
+        }
+        Ok(Err(Refused::Config(errors))) => {
             for e in &errors {
                 tracing::error!("{e}");
             }
             tracing::error!("config reload rejected; keeping the old config");
+            "error"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the old config");
             "error"
         }
     };

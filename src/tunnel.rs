@@ -33,7 +33,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::gate::{InFlight, now_ms};
+use crate::clock::now_ms;
+use crate::inflight::InFlight;
 use crate::session::Status;
 
 /// Close code sent when the session ends (SPEC section 7).

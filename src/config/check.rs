@@ -10,9 +10,10 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::raw::*;
-use super::source::{Marks, SourceMap};
+use super::source::SourceMap;
+use super::yaml::Marks;
 use super::*;
-use crate::route::normalize_prefix;
+use crate::path::normalize_prefix;
 
 /// Turns raw shapes into typed values, collecting every error. Each helper returns a usable
 /// value (the default) after recording an error, so checking goes on past the first problem.
@@ -24,11 +25,11 @@ pub(super) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(super) fn new(file: &'a Path, map: &'a SourceMap, text: &str) -> Self {
+    pub(super) fn new(file: &'a Path, map: &'a SourceMap, marks: Marks) -> Self {
         Ctx {
             file,
             map,
-            marks: Marks::build(text),
+            marks,
             errors: Vec::new(),
         }
     }
@@ -259,11 +260,7 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        let min_version = match raw.min_version.as_ref().map(|v| match v {
-            serde_yaml::Value::String(s) => s.clone(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            other => format!("{other:?}"),
-        }) {
+        let min_version = match raw.min_version.map(|v| v.0) {
             None => crate::tls::MinVersion::Tls12,
             Some(v) => self
                 .pick(

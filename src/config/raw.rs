@@ -1,57 +1,11 @@
-//! Raw shapes, exactly as written, and the serde_yaml front end. Values that need checking stay
-//! strings here and are parsed in `check`, which reports every problem rather than the first.
+//! Raw shapes, exactly as written. Values that need checking stay strings here and are parsed
+//! in `check`, which reports every problem rather than the first.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
-
-use super::ConfigError;
-use super::source::SourceMap;
-
-pub(super) fn deserialize<T: for<'de> Deserialize<'de>>(
-    text: &str,
-    map: &SourceMap,
-    file: &Path,
-) -> Result<T, Vec<ConfigError>> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let (line, col) = e
-            .location()
-            .map_or((1, 1), |l| map.to_orig((l.line(), l.column())));
-        vec![ConfigError {
-            file: file.to_owned(),
-            line,
-            col,
-            message: strip_marks(&e.to_string()),
-        }]
-    })
-}
-
-/// Drops serde_yaml's ` at line N column M`: those count in the substituted text, and the
-/// location is already given up front.
-fn strip_marks(message: &str) -> String {
-    const AT: &str = " at line ";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(i) = rest.find(AT) {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + AT.len()..];
-        let line_digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        let tail = after[line_digits..].strip_prefix(" column ");
-        let col_digits = tail.map_or(0, |t| t.bytes().take_while(u8::is_ascii_digit).count());
-        match tail {
-            Some(t) if line_digits > 0 && col_digits > 0 => rest = &t[col_digits..],
-            _ => {
-                out.push_str(AT);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,10 +202,40 @@ pub(super) struct RawTls {
     pub(super) listen: Option<Addrs>,
     pub(super) certificates: Option<Vec<RawCertificate>>,
     pub(super) http2: Option<bool>,
-    /// `"1.2"` as written, or `1.2` read by YAML as a number.
-    pub(super) min_version: Option<serde_yaml::Value>,
+    pub(super) min_version: Option<RawVersion>,
     pub(super) redirect_plain: Option<bool>,
     pub(super) hsts: Option<String>,
+}
+
+/// `"1.2"` as written, or `1.2` read by YAML as a number; kept as text for `check` to judge.
+pub(super) struct RawVersion(pub(super) String);
+
+impl<'de> Deserialize<'de> for RawVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawVersion;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TLS version such as \"1.2\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawVersion, E> {
+                Ok(RawVersion(v.to_owned()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawVersion, E> {
+                Ok(RawVersion(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawVersion, E> {
+                Ok(RawVersion(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawVersion, E> {
+                Ok(RawVersion(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawVersion, E> {
+                Ok(RawVersion(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

@@ -1072,3 +1072,167 @@ fn port_zero_listeners_never_share_an_address() {
         lines(&e)
     );
 }
+
+/// The one error as `FILE:LINE:COL: message`.
+fn only_full(text: &str) -> String {
+    let e = errs(text);
+    assert_eq!(e.len(), 1, "expected one error:\n{}", lines(&e));
+    e[0].to_string()
+}
+
+#[test]
+fn duplicate_keys_are_located_at_the_second() {
+    let twice = MINIMAL.replace(
+        "    kind: controller\n",
+        "    kind: controller\n    kind: gateway\n",
+    );
+    assert_eq!(only_full(&twice), "gate.yaml:10:5: duplicate key `kind`");
+    assert_eq!(
+        only_full(&format!("{MINIMAL}listen: 127.0.0.1:1\n")),
+        "gate.yaml:12:1: duplicate key `listen`"
+    );
+    assert_eq!(
+        only_full(&MINIMAL.replace(
+            "store: {kind: memory}",
+            "store: {kind: memory, kind: redis}"
+        )),
+        "gate.yaml:2:23: duplicate key `kind`"
+    );
+}
+
+#[test]
+fn wrong_types_are_located_and_name_the_node() {
+    assert_eq!(
+        only_full(&minimal_with("sessions: {max_per_user: lots}\n")),
+        "gate.yaml:7:26: sessions.max_per_user: expected a whole number"
+    );
+    assert_eq!(
+        only_full(&MINIMAL.replace(
+            "    kind: controller\n",
+            "    kind: controller\n    strip_prefix: maybe\n"
+        )),
+        "gate.yaml:10:19: routes[0].strip_prefix: expected `true` or `false`"
+    );
+    assert_eq!(
+        only_full(&MINIMAL.replace("    path: /api\n", "    path: [/api]\n")),
+        "gate.yaml:10:11: routes[0].path: expected string scalar"
+    );
+    assert_eq!(
+        only_full(&MINIMAL.replace(
+            "    upstreams: [\"127.0.0.1:7003\"]\n",
+            "    upstreams: {a: b}\n"
+        )),
+        "gate.yaml:11:16: routes[0].upstreams: expected sequence start"
+    );
+    // After a substitution much longer than `${SESSIONGATE_KEY}`, on the same line.
+    assert_eq!(
+        only_full(&minimal_with(
+            "sessions: {ttl: \"${SESSIONGATE_KEY}\", max_per_user: lots}\n"
+        )),
+        "gate.yaml:7:53: sessions.max_per_user: expected a whole number"
+    );
+}
+
+#[test]
+fn missing_and_unknown_fields_name_their_mapping() {
+    assert_eq!(
+        only_full(&MINIMAL.replace("    kind: controller\n", "")),
+        "gate.yaml:8:5: routes[0]: missing field `kind`"
+    );
+    assert_eq!(
+        only_full(&MINIMAL.replace("    - id: k1\n", "    - id_: k1\n")),
+        "gate.yaml:5:7: tickets.keys[0]: unknown field `id_`, expected one of id, secret"
+    );
+    assert_eq!(
+        only_full(&MINIMAL.replace("    - id: k1\n", "    - \n")),
+        "gate.yaml:6:7: tickets.keys[0]: missing field `id`"
+    );
+    // Merge keys are not expanded (as before): `<<` is a key like any other.
+    let merged = MINIMAL.replace("store: {kind: memory}", "store:\n  <<: {kind: memory}");
+    let msg = only_full(&merged);
+    assert!(
+        msg.starts_with("gate.yaml:3:3: store: unknown field `<<`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_are_located() {
+    assert_eq!(
+        only_full(&MINIMAL.replace("store: {kind: memory}", "store: {kind: memory")),
+        "gate.yaml:3:8: while parsing a flow mapping, did not find expected ',' or '}'"
+    );
+    assert_eq!(
+        only_full(&format!("{MINIMAL}    auth: \"required\n")),
+        "gate.yaml:12:11: unclosed quote"
+    );
+    assert_eq!(
+        only_full(&format!(
+            "{MINIMAL}  - name: b\n    upstreams: [\"127.0.0.1:1\",\n"
+        )),
+        "gate.yaml:13:16: unclosed bracket '['"
+    );
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_located_at_the_tab() {
+    let tabbed = MINIMAL.replace("    kind: controller\n", "\tkind: controller\n");
+    assert_eq!(
+        only_full(&tabbed),
+        "gate.yaml:9:1: a tab in the indentation: YAML indents with spaces only"
+    );
+    let tabbed = MINIMAL.replace("    kind: controller\n", "  \t  kind: controller\n");
+    assert_eq!(
+        only_full(&tabbed),
+        "gate.yaml:9:3: a tab in the indentation: YAML indents with spaces only"
+    );
+    // A tab separating a value is not indentation.
+    ok(&MINIMAL.replace("    kind: controller\n", "    kind:\tcontroller\n"));
+}
+
+#[test]
+fn a_file_holds_exactly_one_document() {
+    assert_eq!(
+        only_full(&format!("{MINIMAL}---\nlisten: 127.0.0.1:1\n")),
+        "gate.yaml:13:1: a second YAML document: the file must hold exactly one (remove the `---`)"
+    );
+    ok(&format!("---\n{MINIMAL}...\n"));
+    assert_eq!(
+        only_full(""),
+        "gate.yaml:1:1: no YAML document: the file is empty or only comments"
+    );
+    assert_eq!(
+        only_full("# nothing here\n"),
+        "gate.yaml:2:1: no YAML document: the file is empty or only comments"
+    );
+    let e = parse_users("", Path::new("users.yaml")).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "users.yaml:1:1: no YAML document: the file is empty or only comments"
+    );
+}
+
+#[test]
+fn json_config_parses_and_locates_errors() {
+    let json = "{\"listen\": \"127.0.0.1:6090\", \"store\": {\"kind\": \"memory\"},\n\t\"tickets\": {\"keys\": [{\"id\": \"k1\", \"secret\": \"${SESSIONGATE_KEY}\"}]},\n\t\"routes\": [{\"name\": \"api\", \"kind\": \"controller\", \"path\": \"/api\", \"upstreams\": [\"127.0.0.1:7003\"]}]\n}\n";
+    let c = ok(json);
+    assert_eq!(c.routes[0].name, "api");
+    assert_eq!(c.tickets.keys[0].secret.len(), 32);
+    // Columns count in the file, past the substituted secret on line 2.
+    let bad = json.replace("\"/api\"", "\"api\"");
+    assert_eq!(
+        only_full(&bad),
+        "gate.yaml:3:59: routes[0].path: `api` must start with `/`"
+    );
+    let bad = json.replace(
+        "\"kind\": \"memory\"",
+        "\"kind\": \"memory\", \"colour\": 1",
+    );
+    let msg = only_full(&bad);
+    assert!(
+        msg.starts_with("gate.yaml:1:58: store: unknown field `colour`"),
+        "{msg}"
+    );
+    let bad = json.replace("{\"id\": \"k1\",", "{\"id\": \"k1\", \"id\": \"k2\",");
+    assert_eq!(only_full(&bad), "gate.yaml:2:36: duplicate key `id`");
+}

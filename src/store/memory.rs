@@ -54,9 +54,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
-        self.inner
-            .lock()
-            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+        self.inner.lock().map_err(|_| StoreError::Poisoned)
     }
 
     fn publish(&self, s: &Session, now: u64) {

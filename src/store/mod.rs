@@ -18,10 +18,80 @@ use crate::session::{Event, Liveness, Session, Status};
 pub enum StoreError {
     #[error("store timed out after {0:?}")]
     Timeout(std::time::Duration),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable ({kind}): {source}")]
+    Redis {
+        kind: RedisFailure,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    #[error("store unavailable: sentinel cannot name master {master}: {source}")]
+    NoMaster {
+        master: String,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    #[error("store unavailable: no cluster nodes")]
+    NoClusterNodes,
+    #[error("store unavailable: memory store lock poisoned")]
+    Poisoned,
     #[error("store returned malformed data: {0}")]
     Corrupt(String),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(source: ::redis::RedisError) -> StoreError {
+        StoreError::Redis {
+            kind: RedisFailure::of(&source),
+            source,
+        }
+    }
+}
+
+/// What went wrong with Redis, as far as the gate can tell cases apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedisFailure {
+    /// The client gave up waiting for a connection or an answer.
+    #[error("timed out")]
+    Timeout,
+    /// The connection was refused, dropped, or never made.
+    #[error("connection lost")]
+    Connection,
+    /// The node no longer takes writes or the cluster is resharding: a
+    /// failover is under way (READONLY, MASTERDOWN, CLUSTERDOWN, …).
+    #[error("failover")]
+    Failover,
+    /// The server refused a script or command.
+    #[error("script error")]
+    Script,
+    #[error("other")]
+    Other,
+}
+
+impl RedisFailure {
+    pub fn of(e: &::redis::RedisError) -> RedisFailure {
+        use ::redis::{ErrorKind, ServerErrorKind as S};
+        if e.is_timeout() {
+            return RedisFailure::Timeout;
+        }
+        if e.is_connection_refusal() || e.is_connection_dropped() {
+            return RedisFailure::Connection;
+        }
+        match e.kind() {
+            ErrorKind::Server(
+                S::ReadOnly
+                | S::MasterDown
+                | S::ClusterDown
+                | S::TryAgain
+                | S::BusyLoading
+                | S::Moved
+                | S::Ask,
+            ) => RedisFailure::Failover,
+            ErrorKind::Server(S::ResponseError | S::ExecAbort | S::NoScript | S::CrossSlot)
+            | ErrorKind::Extension => RedisFailure::Script,
+            ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => RedisFailure::Connection,
+            _ => RedisFailure::Other,
+        }
+    }
 }
 
 /// The clock rules a call applies, from the current config (so a reload
@@ -148,5 +218,79 @@ pub trait SessionStore: Send + Sync + 'static {
     /// (the memory store) returns a receiver that never changes.
     fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(0).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply as the server sends it, parsed as redis-rs parses replies.
+    fn reply_error(wire: &[u8]) -> ::redis::RedisError {
+        match ::redis::parse_redis_value(wire).and_then(|v| v.extract_error()) {
+            Err(e) => e,
+            Ok(v) => panic!("{wire:?} is no error reply: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_readonly_reply_and_a_timeout_are_told_apart() {
+        let readonly = StoreError::from(reply_error(
+            b"-READONLY You can't write against a read only replica.\r\n",
+        ));
+        let timeout = StoreError::from(::redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "response timed out",
+        )));
+        assert!(matches!(
+            readonly,
+            StoreError::Redis {
+                kind: RedisFailure::Failover,
+                ..
+            }
+        ));
+        assert!(matches!(
+            timeout,
+            StoreError::Redis {
+                kind: RedisFailure::Timeout,
+                ..
+            }
+        ));
+        // The log line keeps redis' own words, and the cause stays reachable.
+        let text = readonly.to_string();
+        assert!(text.starts_with("store unavailable (failover): "), "{text}");
+        assert!(text.contains("read only replica"), "{text}");
+        assert!(std::error::Error::source(&readonly).is_some());
+    }
+
+    #[test]
+    fn other_failures_have_their_own_kinds() {
+        let kind = |e: ::redis::RedisError| RedisFailure::of(&e);
+        let io = |k| ::redis::RedisError::from(std::io::Error::new(k, "x"));
+        assert_eq!(
+            kind(io(std::io::ErrorKind::ConnectionRefused)),
+            RedisFailure::Connection
+        );
+        assert_eq!(
+            kind(io(std::io::ErrorKind::ConnectionReset)),
+            RedisFailure::Connection
+        );
+        assert_eq!(
+            kind(reply_error(
+                b"-ERR user_script:1: Script attempted to access a non local key\r\n"
+            )),
+            RedisFailure::Script
+        );
+        assert_eq!(
+            kind(reply_error(b"-MASTERDOWN Link with MASTER is down\r\n")),
+            RedisFailure::Failover
+        );
+        assert_eq!(
+            kind(::redis::RedisError::from((
+                ::redis::ErrorKind::AuthenticationFailed,
+                "bad password"
+            ))),
+            RedisFailure::Other
+        );
     }
 }

@@ -332,8 +332,7 @@ impl RedisStore {
         let client = match ca {
             Some(ca) => Client::build_with_tls(url, tls(ca)),
             None => Client::open(url),
-        }
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }?;
         Ok(Self::with_source(Source::Direct(client), prefix, timeout))
     }
 
@@ -345,8 +344,7 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Arc<RedisStore>, StoreError> {
-        let sentinel =
-            Sentinel::build(nodes.to_vec()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let sentinel = Sentinel::build(nodes.to_vec())?;
         let source = Source::Sentinel {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master: master.to_owned(),
@@ -362,7 +360,6 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Arc<RedisStore>, StoreError> {
-        let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         let mut builder = ClusterClient::builder(nodes.to_vec())
             .connection_timeout(timeout.max(Duration::from_millis(200)))
             .response_timeout(timeout)
@@ -370,15 +367,14 @@ impl RedisStore {
         if let Some(ca) = ca {
             builder = builder.certs(tls(ca));
         }
-        let client = builder.build().map_err(unavailable)?;
+        let client = builder.build()?;
         let nodes = nodes
             .iter()
             .map(|n| match ca {
                 Some(ca) => Client::build_with_tls(n.as_str(), tls(ca)),
                 None => Client::open(n.as_str()),
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
+            .collect::<Result<Vec<_>, _>>()?;
         let source = Source::Cluster {
             client: Box::new(client),
             nodes,
@@ -413,16 +409,17 @@ impl RedisStore {
                 nodes
                     .get(i % nodes.len().max(1))
                     .cloned()
-                    .ok_or_else(|| StoreError::Unavailable("no cluster nodes".into()))
+                    .ok_or(StoreError::NoClusterNodes)
             }
             Source::Sentinel { sentinel, master } => {
                 let mut sentinel = sentinel.lock().await;
                 let wait = self.timeout.max(Duration::from_millis(500));
                 match tokio::time::timeout(wait, sentinel.async_master_for(master, None)).await {
                     Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(StoreError::Unavailable(format!(
-                        "sentinel cannot name master {master}: {e}"
-                    ))),
+                    Ok(Err(source)) => Err(StoreError::NoMaster {
+                        master: master.clone(),
+                        source,
+                    }),
                     Err(_) => Err(StoreError::Timeout(wait)),
                 }
             }
@@ -541,7 +538,7 @@ impl RedisStore {
             let con = match tokio::time::timeout(self.timeout, client.get_async_connection()).await
             {
                 Ok(Ok(con)) => Con::Cluster(con),
-                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(StoreError::Timeout(self.timeout)),
             };
             self.con.store(Some(Arc::new(con.clone())));
@@ -552,8 +549,7 @@ impl RedisStore {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_lazy_with_config(self.client().await?, cfg)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let con = ConnectionManager::new_lazy_with_config(self.client().await?, cfg)?;
         let con = Con::Single(con);
         self.con.store(Some(Arc::new(con.clone())));
         Ok(con)
@@ -569,7 +565,7 @@ impl RedisStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.forget_master();
-                Err(StoreError::Unavailable(e.to_string()))
+                Err(e.into())
             }
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
@@ -773,7 +769,7 @@ impl SessionStore for RedisStore {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     self.forget_master();
-                    return Err(StoreError::Unavailable(e.to_string()));
+                    return Err(e.into());
                 }
                 Err(_) => return Err(StoreError::Timeout(self.timeout)),
             };
@@ -898,7 +894,7 @@ impl SessionStore for RedisStore {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 self.forget_master();
-                Err(StoreError::Unavailable(e.to_string()))
+                Err(e.into())
             }
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }

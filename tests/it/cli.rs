@@ -300,3 +300,16 @@ async fn run_gives_each_port_zero_listener_its_own_port_and_names_it_in_the_read
         "{err}"
     );
 }
+
+#[test]
+fn check_locates_yaml_errors_from_the_parser() {
+    let dir = scratch_dir("cli");
+    let f = dir.join("twice.yaml");
+    std::fs::write(&f, minimal_yaml("    kind: gateway\n")).unwrap();
+    let out = bin().args(["check", "-c"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{}:13:5: duplicate key `kind`\n", f.display())
+    );
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// One protected controller route.
@@ -597,36 +597,14 @@ async fn wrong_password_and_unknown_user_are_401_bad_credentials() {
 
 /// Reads one HTTP/1.1 request; returns (request line, body).
 async fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Some((head.lines().next().unwrap_or("").to_owned(), body))
+    let r = sessiongate::http1::read_request(s, &READ_LIMITS)
+        .await
+        .ok()?;
+    let line = format!(
+        "{} {} HTTP/1.{}",
+        r.head.method, r.head.target, r.head.version
+    );
+    Some((line, r.body))
 }
 
 /// A login delegate that answers by username; records every request.

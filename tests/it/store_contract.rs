@@ -46,7 +46,7 @@ async fn memory_fixture() -> Fixture {
         store,
         redis: None,
         _cluster: None,
-        t0: sessiongate::gate::now_ms(),
+        t0: sessiongate::clock::now_ms(),
     }
 }
 
@@ -61,7 +61,7 @@ async fn redis_fixture() -> Fixture {
         events,
         redis: Some(redis),
         _cluster: None,
-        t0: sessiongate::gate::now_ms(),
+        t0: sessiongate::clock::now_ms(),
     }
 }
 
@@ -78,7 +78,7 @@ async fn cluster_fixture() -> Fixture {
         events,
         redis: None,
         _cluster: Some(cluster),
-        t0: sessiongate::gate::now_ms(),
+        t0: sessiongate::clock::now_ms(),
     }
 }
 
@@ -827,7 +827,7 @@ async fn refresh_pushes_expiry_capped_at_max_expire_at(f: Fixture) {
 
 async fn hit_rate_is_a_fixed_window(f: Fixture) {
     // Redis keeps the window with its own clock, so real time is used here.
-    let now = sessiongate::gate::now_ms;
+    let now = sessiongate::clock::now_ms;
     let window = 400;
     for _ in 0..3 {
         assert_eq!(
@@ -961,7 +961,7 @@ async fn sessions_are_forgotten_after_retention(f: Fixture) {
         retain_ms: 300,
         ..RULES
     };
-    let t = sessiongate::gate::now_ms();
+    let t = sessiongate::clock::now_ms();
     for sid in ["ret-ended", "ret-removed", "ret-active"] {
         let mut s = session(sid, "ret", t);
         s.expire_at = t + 100;
@@ -986,7 +986,7 @@ async fn sessions_are_forgotten_after_retention(f: Fixture) {
     }
     // Sleeping is the point: the retention has to pass.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let now = sessiongate::gate::now_ms();
+    let now = sessiongate::clock::now_ms();
     assert_eq!(f.store().list("ret", now, rules).await.unwrap(), []);
     for sid in ["ret-ended", "ret-removed", "ret-active"] {
         assert_eq!(
@@ -1083,14 +1083,14 @@ async fn sweep_forgets_users_who_never_return(f: Fixture) {
         retain_ms: 300,
         ..RULES
     };
-    let t = sessiongate::gate::now_ms();
+    let t = sessiongate::clock::now_ms();
     let mut s = session("gone-1", "gone", t);
     s.expire_at = t + 100;
     s.max_expire_at = t + 100;
     f.store().create(&s, 5, rules).await.unwrap();
     // Sleeping is the point: the retention has to pass.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let now = sessiongate::gate::now_ms();
+    let now = sessiongate::clock::now_ms();
     f.store().sweep(now, rules).await.unwrap();
     assert_eq!(f.store().get("gone-1", now, rules).await.unwrap(), None);
 }
@@ -1150,7 +1150,7 @@ contract!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_removed_sessions_expire_with_their_ticket() {
     let f = redis_fixture().await;
-    let t = sessiongate::gate::now_ms();
+    let t = sessiongate::clock::now_ms();
     let mut s = session("rm-ttl", "rm-user", t);
     s.expire_at = t + 10_000;
     s.max_expire_at = t + 30 * 24 * 3600 * 1000;

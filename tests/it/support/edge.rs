@@ -277,47 +277,14 @@ pub fn served_cn(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> String {
         .join(",")
 }
 
-/// One HTTP/1.1 request on an open stream (kept open for the next one); the
-/// answer is framed by Content-Length.
+/// One HTTP/1.1 request on an open stream (kept open for the next one).
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     raw: &str,
 ) -> std::io::Result<Resp> {
     s.write_all(raw.as_bytes()).await?;
     s.flush().await?;
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        if let Some((status, headers, off)) = super::parse_head(&buf) {
-            let len = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            while buf.len() < off + len {
-                let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut chunk))
-                    .await
-                    .map_err(|_| bad("timed out"))??;
-                if n == 0 {
-                    return Err(bad("closed inside the body"));
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(Resp {
-                status,
-                headers,
-                body: buf[off..off + len].to_vec(),
-            });
-        }
-        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut chunk))
-            .await
-            .map_err(|_| bad("timed out"))??;
-        if n == 0 {
-            return Err(bad("closed before a response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    super::read_response(s).await
 }
 
 /// A bare GET with an optional ticket.

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const SECRET: &str = "c2Vzc2lvbmdhdGUtdGVzdC1zZWNyZXQtMzItYnl0ZXMhIQ";
@@ -1033,100 +1033,32 @@ pub async fn http_bytes(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Resp> {
     read_response(&mut s).await
 }
 
-/// A response head's headers: names as sent, values lossily UTF-8.
-pub type Headers = Vec<(String, String)>;
+/// What the harness reads of a response: far more than any test is sent,
+/// and no read waits longer than 15 s.
+pub const READ_LIMITS: sessiongate::http1::Limits = sessiongate::http1::Limits {
+    head: 1 << 20,
+    headers: 128,
+    body: 64 << 20,
+    idle: Some(Duration::from_secs(15)),
+};
 
-/// A complete response head at the start of `buf`: its status, its headers
-/// and where the body starts.
-pub fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut hs);
-    let Ok(httparse::Status::Complete(off)) = resp.parse(buf) else {
-        return None;
-    };
-    let headers = resp
+/// Reads one response, framed by Content-Length, chunking or the close;
+/// header values lossily UTF-8.
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Resp> {
+    let r = sessiongate::http1::read_response(s, &READ_LIMITS)
+        .await
+        .map_err(std::io::Error::other)?;
+    let headers = r
+        .head
         .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_owned(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
         .collect();
-    Some((resp.code.unwrap_or(0), headers, off))
-}
-
-pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    let deadline = Duration::from_secs(15);
-    loop {
-        if let Some((status, headers, off)) = parse_head(&buf) {
-            let get = |n: &str| {
-                headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                    .map(|(_, v)| v.clone())
-            };
-            let mut body = buf[off..].to_vec();
-            if let Some(cl) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-                while body.len() < cl {
-                    let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
-                    if n == 0 {
-                        return Err(bad("eof in body"));
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-                body.truncate(cl);
-            } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                loop {
-                    if let Some(b) = dechunk(&body) {
-                        body = b;
-                        break;
-                    }
-                    let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
-                    if n == 0 {
-                        return Err(bad("eof in chunked body"));
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-            } else if status != 101 && status != 204 && status != 304 {
-                loop {
-                    let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
-                    if n == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-            }
-            return Ok(Resp {
-                status,
-                headers,
-                body,
-            });
-        }
-        let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await??;
-        if n == 0 {
-            return Err(bad("connection closed before a response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..end]).ok()?.trim(), 16).ok()?;
-        raw = &raw[end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
+    Ok(Resp {
+        status: r.head.status,
+        headers,
+        body: r.body,
+    })
 }
 
 /// Standard routes for the proxy tests.
