@@ -41,6 +41,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod api;
+pub mod bind;
 pub mod cache;
 pub mod clock;
 pub mod config;

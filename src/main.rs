@@ -43,6 +43,10 @@ enum Cmd {
         /// `server.pid_file`), which then drains and exits.
         #[arg(long)]
         upgrade: bool,
+        /// Once every listener accepts connections, write their bound
+        /// addresses here as JSON (port-0 addresses get their real port).
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a config; print every error as FILE:LINE:COL: message.
     Check {
@@ -201,7 +205,11 @@ fn main() -> ExitCode {
         Cmd::Ticket {
             cmd: TicketCmd::Inspect { ticket, config },
         } => inspect(&ticket, config.as_deref()),
-        Cmd::Run { config, upgrade } => {
+        Cmd::Run {
+            config,
+            upgrade,
+            ready_file,
+        } => {
             let _guard = init_logs(cli.log_format);
             let path = config_path(config);
             let (cfg, users) = match server::load(&path) {
@@ -211,7 +219,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match server::run(path, cfg, users, None, upgrade) {
+            match server::run(path, cfg, users, None, upgrade, ready_file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sessiongate: {e}");
@@ -515,7 +523,7 @@ Try:
             page,
         ));
     });
-    match server::run(config_file, cfg, users, Some(extra), false) {
+    match server::run(config_file, cfg, users, Some(extra), false, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sessiongate: {e}");

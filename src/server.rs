@@ -43,6 +43,8 @@ pub enum StartError {
     HandOver(#[from] crate::listeners::HandOverError),
     #[error("settings: {0}")]
     Settings(String),
+    #[error("listeners: {0}")]
+    Bind(#[from] crate::bind::BindError),
     #[error("settings: {0}")]
     Build(#[from] SettingsError),
 }
@@ -86,12 +88,15 @@ fn build_store(cfg: &Config) -> Result<Stores, StartError> {
 pub type Extra = Box<dyn FnOnce(&mut Server) + Send>;
 
 /// Builds everything and serves until SIGTERM/SIGINT; never returns.
+/// With `ready_file`, the bound addresses are written there as JSON once
+/// every listener accepts connections.
 pub fn run(
     config_path: PathBuf,
     cfg: Config,
     users: Vec<config::UserEntry>,
     extra: Option<Extra>,
     upgrade: bool,
+    ready_file: Option<PathBuf>,
 ) -> Result<(), StartError> {
     let pid_file = cfg.server.pid_file.clone();
     let conf = ServerConf {
@@ -105,10 +110,26 @@ pub fn run(
     let (store, redis) = build_store(&cfg)?;
     let grace = cfg.server.grace_period;
     let keepalive = cfg.server.keepalive_timeout;
-    let listen = cfg.listen.clone();
+    let configured = crate::bind::Addresses {
+        listen: cfg.listen.clone(),
+        tls_listen: cfg
+            .tls
+            .as_ref()
+            .map(|t| t.listen.clone())
+            .unwrap_or_default(),
+        admin: cfg.admin.as_ref().map(|a| a.listen),
+    };
+    let (bound, reserved) = crate::bind::reserve(&configured)?;
+    if upgrade && !reserved.is_empty() {
+        // The running gate's sockets are found by address; a port-0 address
+        // names none of them.
+        return Err(StartError::Settings(
+            "--upgrade needs every listen address to name its port (not 0)".into(),
+        ));
+    }
+    let listen = bound.listen.clone();
     let tls = cfg.tls.clone();
     let proxy_protocol = cfg.clients.proxy_protocol;
-    let admin = cfg.admin.clone();
     let settings = Settings::new(cfg, users)?;
     let gate = Gate::new(settings, store, config_path);
     export_cert_expiry(&gate);
@@ -152,7 +173,12 @@ pub fn run(
     // bodies into its own buffers anyway, and the default 64 KiB buffer is
     // zero-filled per connection, which an idle WebSocket pays for in RSS.
     let endpoint = |addr: &SocketAddr| {
-        ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
+        let l =
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0));
+        match reserved.options(addr) {
+            Some(o) => l.tcp_socket_options(o),
+            None => l,
+        }
     };
     if !listen.is_empty() {
         let app = EdgeApp::new(Arc::clone(&proxy), None, proxy_protocol);
@@ -179,13 +205,13 @@ pub fn run(
         let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(rustls)));
         let app = EdgeApp::new(Arc::clone(&proxy), Some(acceptor), proxy_protocol);
         let mut svc = Service::new("sessiongate-tls".into(), app);
-        for addr in &tls.listen {
+        for addr in &bound.tls_listen {
             svc.add_listener(endpoint(addr));
         }
         server.add_service(svc);
     }
 
-    if let Some(a) = admin {
+    if let Some(addr) = bound.admin {
         // SPEC 3: with proxy_protocol every listener, this one included,
         // takes a PROXY header first (a balancer's health check sends a v1
         // UNKNOWN or v2 LOCAL one).
@@ -196,7 +222,10 @@ pub fn run(
             "admin".into(),
             EdgeApp::new(admin_app, None, proxy_protocol),
         );
-        svc.add_tcp(&a.listen.to_string());
+        match reserved.options(&addr) {
+            Some(o) => svc.add_tcp_with_settings(&addr.to_string(), o),
+            None => svc.add_tcp(&addr.to_string()),
+        }
         server.add_service(svc);
     }
     server.add_service(background_service(
@@ -206,6 +235,7 @@ pub fn run(
             grace,
             health,
             redis,
+            ready: std::sync::Mutex::new(ready_file.map(|path| (path, bound.clone(), reserved))),
         },
     ));
     if let Some(extra) = extra {
@@ -213,7 +243,7 @@ pub fn run(
     }
     tracing::info!(
         listen = ?listen,
-        tls_listen = ?tls.as_ref().map(|t| &t.listen),
+        tls_listen = ?bound.tls_listen,
         upgrade,
         "sessiongate starting"
     );
@@ -229,6 +259,9 @@ struct Lifecycle {
     grace: Duration,
     health: Arc<Health>,
     redis: Option<Arc<RedisStore>>,
+    /// `run --ready-file`: where to report the bound addresses, and the
+    /// port reservations to end then.
+    ready: std::sync::Mutex<Option<(PathBuf, crate::bind::Addresses, crate::bind::Reserved)>>,
 }
 
 #[async_trait]
@@ -239,6 +272,14 @@ impl BackgroundService for Lifecycle {
         }
         // Services start together; by now the listeners are up.
         crate::listeners::notify_systemd();
+        let ready = self.ready.lock().ok().and_then(|mut r| r.take());
+        if let Some((path, addrs, reserved)) = ready {
+            tokio::spawn(async move {
+                if let Err(e) = crate::bind::report_ready(&path, &addrs, reserved).await {
+                    tracing::error!(error = %e, "no ready file");
+                }
+            });
+        }
         // SIGQUIT is Pingora's graceful upgrade: the sockets go to the new
         // process, and this one drains.
         let upgrading = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -235,7 +235,7 @@ impl<'a> Ctx<'a> {
             }
         };
         for (i, a) in listen.iter().enumerate() {
-            if plain.contains(a) {
+            if shares_a_socket(a, plain) {
                 self.err(
                     &format!("tls.listen[{i}]"),
                     format!("`{a}` is also a plain `listen` address"),
@@ -332,7 +332,7 @@ impl<'a> Ctx<'a> {
         let mut out: Vec<SocketAddr> = Vec::new();
         for (path, s) in entries {
             if let Some(addr) = self.socket_addr(&path, s) {
-                if out.contains(&addr) {
+                if shares_a_socket(&addr, &out) {
                     self.err(&path, format!("`{addr}` is listed twice"));
                 } else {
                     out.push(addr);
@@ -344,7 +344,7 @@ impl<'a> Ctx<'a> {
 
     fn admin(&mut self, raw: RawAdmin, listen: &[SocketAddr]) -> AdminConfig {
         let addr = self.socket_addr("admin.listen", &raw.listen);
-        if let Some(addr) = addr.filter(|a| listen.contains(a)) {
+        if let Some(addr) = addr.filter(|a| shares_a_socket(a, listen)) {
             self.err(
                 "admin.listen",
                 format!("`{addr}` is also a proxy `listen` or `tls.listen` address"),
@@ -1261,4 +1261,11 @@ fn show(d: Duration) -> String {
         }
     }
     format!("{ms}ms")
+}
+
+/// Whether listening on `addr` would take a socket one of `others` takes.
+/// Port 0 is never shared: each such listener gets a port of its own (see
+/// `crate::bind`).
+fn shares_a_socket(addr: &SocketAddr, others: &[SocketAddr]) -> bool {
+    addr.port() != 0 && others.contains(addr)
 }

@@ -1054,6 +1054,25 @@ fn listen_may_be_empty_only_with_tls_listen() {
     );
 }
 
+#[test]
+fn port_zero_listeners_never_share_an_address() {
+    let c = ok(&MINIMAL.replace(
+        "listen: 127.0.0.1:6090\n",
+        "listen: [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nadmin: {listen: \"127.0.0.1:0\", token: t}\n",
+    ));
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.admin.map(|a| a.listen.port()), Some(0));
+    let e = errs(&MINIMAL.replace(
+        "listen: 127.0.0.1:6090\n",
+        "listen: [\"127.0.0.1:6090\", \"127.0.0.1:6090\"]\n",
+    ));
+    assert!(
+        lines(&e).contains("`127.0.0.1:6090` is listed twice"),
+        "{}",
+        lines(&e)
+    );
+}
+
 /// The one error as `FILE:LINE:COL: message`.
 fn only_full(text: &str) -> String {
     let e = errs(text);

@@ -4,7 +4,7 @@
 //! [`memory::MemoryStore`] serves `sessiongate demo` and single-process use.
 //! Both apply the rules of [`crate::session`] atomically and publish every
 //! change of status as an [`Event`], and both pass the same contract tests
-//! (`tests/store_contract.rs`).
+//! (`tests/it/store_contract.rs`).
 
 pub mod memory;
 pub mod redis;

@@ -1,11 +1,12 @@
 /**
  * The test harness: a private redis-server, the built-in echo upstreams and
- * the real `sessiongate` binary (this repository's debug build), each on a
- * free loopback port, with readiness probes instead of sleeps.
+ * the real `sessiongate` binary (this repository's debug build): the servers
+ * on free loopback ports, the gate on port 0 (it names its ports in its
+ * `--ready-file`), with readiness probes instead of sleeps.
  */
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -121,11 +122,13 @@ export class Echo {
   }
 }
 
-let hashCache: string | null = null;
-/** One argon2id hash for every test user (the password is `pw`). */
+/**
+ * One argon2id hash for every test user (the password is `pw`), with tiny
+ * parameters (m=8, t=1, p=1) so a login costs no hashing time: the gate
+ * verifies whatever parameters a PHC string names.
+ */
 export function passwordHash(): string {
-  hashCache ??= execFileSync(BIN, ["hash-password"], { input: "pw\n" }).toString().trim();
-  return hashCache;
+  return "$argon2id$v=19$m=8,t=1,p=1$/XiL7t2+Tz9JjJaVkfEtIw$6pk0gR1QFYOoJj2QtYNp/V06Hp5EZT2GTMvrMMgDc1c";
 }
 
 export interface GateOptions {
@@ -143,12 +146,13 @@ export class Gate {
   proc: ChildProcess | null = null;
   readonly dir: string;
   readonly config: string;
+  readonly readyFile: string;
   log = "";
-  constructor(
-    readonly port: number,
-    readonly admin: number,
-    opts: GateOptions,
-  ) {
+  /** The bound ports: 0 until the first start reads them from the ready file. */
+  port = 0;
+  admin = 0;
+  private readonly render: (port: number, admin: number) => string;
+  constructor(opts: GateOptions) {
     this.dir = mkdtempSync(join(tmpdir(), "sg-sdk-"));
     const users = opts.users
       .map(
@@ -159,8 +163,8 @@ export class Gate {
     writeFileSync(join(this.dir, "users.yaml"), `users:\n${users}`);
     const secret = execFileSync(BIN, ["keygen"]).toString().trim();
     this.config = join(this.dir, "sessiongate.yaml");
-    writeFileSync(
-      this.config,
+    this.readyFile = join(this.dir, "ready.json");
+    this.render = (port, admin) =>
       `listen: ["127.0.0.1:${port}"]
 admin:
   listen: "127.0.0.1:${admin}"
@@ -210,12 +214,13 @@ ${(opts.names ?? [])
     auth: required
 `,
   )
-  .join("")}`,
-    );
+  .join("")}`;
+    // Port 0: the gate picks its ports and names them in the ready file.
+    writeFileSync(this.config, this.render(0, 0));
   }
 
   static async spawn(opts: GateOptions): Promise<Gate> {
-    const g = new Gate(await freePort(), await freePort(), opts);
+    const g = new Gate(opts);
     await g.start();
     return g;
   }
@@ -231,7 +236,8 @@ ${(opts.names ?? [])
   }
 
   async start(): Promise<void> {
-    const p = spawn(BIN, ["run", "-c", this.config], {
+    rmSync(this.readyFile, { force: true });
+    const p = spawn(BIN, ["run", "-c", this.config, "--ready-file", this.readyFile], {
       stdio: ["ignore", "ignore", "pipe"],
       env: { ...process.env, SESSIONGATE_LOG: "warn" },
     });
@@ -239,6 +245,18 @@ ${(opts.names ?? [])
       this.log += d.toString();
     });
     this.proc = p;
+    await until("the ready file", () => {
+      if (p.exitCode !== null) throw new Error(`gate exited: ${this.log}`);
+      return existsSync(this.readyFile);
+    });
+    const ready = JSON.parse(readFileSync(this.readyFile, "utf8")) as { listen: string[]; admin: string };
+    const port = (addr: string | undefined) => Number(addr?.split(":").pop());
+    if (this.port === 0) {
+      this.port = port(ready.listen[0]);
+      this.admin = port(ready.admin);
+      // A restart (stop, then start) comes back on the same ports.
+      writeFileSync(this.config, this.render(this.port, this.admin));
+    }
     await until("the gate", async () => {
       if (p.exitCode !== null) throw new Error(`gate exited: ${this.log}`);
       const r = await fetch(`${this.adminUrl}/readyz`).catch(() => null);

@@ -3,14 +3,11 @@
 //! the nodes, replacement, lists, logout, removal, operator revokes, events
 //! reaching a second gate and ending a WebSocket.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::StreamExt;
-use support::*;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -29,8 +26,8 @@ async fn the_session_lifecycle_runs_on_a_redis_cluster() {
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
     let setup = Setup::cluster(&cluster)
-        .sessions("  max_per_user: 2\n")
-        .routes(&routes(http.addr, ws.addr));
+        .sessions(json!({"max_per_user": 2}))
+        .routes(routes(http.addr, ws.addr));
     let gate = Gate::start(&setup).await;
     let other = Gate::start(&setup).await;
 
@@ -180,7 +177,7 @@ async fn losing_the_cluster_is_a_503_and_its_return_recovers() {
     let mut cluster = RedisCluster::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let gate = Gate::start(&Setup::cluster(&cluster).routes(&routes(http.addr, ws.addr))).await;
+    let gate = Gate::start(&Setup::cluster(&cluster).routes(routes(http.addr, ws.addr))).await;
     let (alice, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&alice)).await.status,
@@ -257,7 +254,7 @@ async fn a_killed_master_is_replaced_by_its_replica_and_revokes_reach_every_gate
     let mut cluster = RedisCluster::spawn_shaped(3, 1).await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let setup = Setup::cluster(&cluster).routes(&routes(http.addr, ws.addr));
+    let setup = Setup::cluster(&cluster).routes(routes(http.addr, ws.addr));
     let gate = Gate::start(&setup).await;
     let other = Gate::start(&setup).await;
     let (alice, login) = gate.login("alice", "wonderland").await;

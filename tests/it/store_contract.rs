@@ -5,19 +5,15 @@
 //! Cluster). Time is injected (`now`) everywhere except the rate-limit
 //! window, which Redis keeps with its own clock.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Redis, RedisCluster};
 use sessiongate::session::{Event, Session, Status, rfc3339};
 use sessiongate::store::memory::MemoryStore;
 use sessiongate::store::redis::RedisStore;
 use sessiongate::store::{Created, RateDecision, Rules, SessionStore, StoreError};
-use support::{Redis, RedisCluster};
 use tokio::sync::broadcast;
 
 const IDLE_MS: u64 = 10_000;

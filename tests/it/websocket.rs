@@ -2,14 +2,11 @@
 //! allowlist, frames passing unchanged, idle survival, and tunnels ending
 //! with Close 4401 when their session leaves `active`.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -17,19 +14,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn setup_with(sessions: &str) -> (Redis, Upstream, Upstream, Gate) {
-    let redis = Redis::spawn().await;
-    let http = Upstream::http().await;
-    let ws = Upstream::ws().await;
-    let gate = Gate::start(
-        &Setup::redis(&redis)
-            .sessions(sessions)
-            .routes(&routes(http.addr, ws.addr)),
-    )
-    .await;
-    (redis, http, ws, gate)
-}
 
 async fn connect(
     gate: &Gate,
@@ -101,7 +85,7 @@ async fn closed_with(ws: &mut Ws, within: Duration) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_needs_a_ticket_and_the_right_origin() {
-    let (_r, _h, _w, gate) = setup_with("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (status, body) = http_status(refused(connect(&gate, None, APP).await, "refused"));
     assert_eq!(status, 401);
     assert!(body.contains("missing_ticket"), "{body}");
@@ -134,7 +118,7 @@ async fn handshake_needs_a_ticket_and_the_right_origin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_from_header_or_cookie_also_opens_a_tunnel() {
-    let (_r, _h, _w, gate) = setup_with("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     for (name, value) in [
         ("authorization", format!("Bearer {ticket}")),
@@ -157,7 +141,7 @@ async fn ticket_from_header_or_cookie_also_opens_a_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_pass_both_ways_unchanged() {
-    let (_r, _h, _w, gate) = setup_with("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     ws.send(Message::Text("héllo ✓".into())).await.unwrap();
@@ -243,11 +227,8 @@ async fn server_first_message_right_after_101_keeps_the_tunnel_open() {
         }
     })
     .await;
-    let routes = format!(
-        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n",
-        eager.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "chat", "kind": "gateway", "path": "/gateway/chat", "upstreams": [eager.addr.to_string()], "auth": "required"}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     for _ in 0..20 {
         let mut ws = connect(&gate, Some(&ticket), None).await.unwrap();
@@ -265,7 +246,7 @@ async fn server_first_message_right_after_101_keeps_the_tunnel_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_open_tunnels_with_4401() {
-    let (_r, _h, _w, gate) = setup_with("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     ws.send(Message::Text("x".into())).await.unwrap();
@@ -288,7 +269,7 @@ async fn logout_ends_open_tunnels_with_4401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_revoke_ends_an_idle_tunnel_with_4401() {
-    let (_r, _h, _w, gate) = setup_with("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
@@ -305,7 +286,7 @@ async fn admin_revoke_ends_an_idle_tunnel_with_4401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_ends_a_tunnel_within_a_second() {
     let (_r, _h, _w, gate) =
-        setup_with("  ttl: 2s\n  touch_interval: 1s\n  idle_timeout: 1m\n").await;
+        standard_gate(json!({"ttl": "2s", "touch_interval": "1s", "idle_timeout": "1m"})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     let (code, reason) = closed_with(&mut ws, Duration::from_secs(4)).await;
@@ -314,7 +295,8 @@ async fn expiry_ends_a_tunnel_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
-    let (_r, _h, _w, gate) = setup_with("  idle_timeout: 2s\n  touch_interval: 500ms\n").await;
+    let (_r, _h, _w, gate) =
+        standard_gate(json!({"idle_timeout": "2s", "touch_interval": "500ms"})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut ws = connect(&gate, Some(&ticket), APP).await.unwrap();
     // Talk for 4 s, twice the idle timeout: client frames count as activity.
@@ -342,7 +324,8 @@ async fn chatting_keeps_a_session_alive_and_silence_abandons_it() {
 /// later (it used to be 1.1–2.0 s late).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_abandons_exactly_idle_timeout_after_the_last_activity() {
-    let (_r, _h, _w, gate) = setup_with("  idle_timeout: 3s\n  touch_interval: 1s\n").await;
+    let (_r, _h, _w, gate) =
+        standard_gate(json!({"idle_timeout": "3s", "touch_interval": "1s"})).await;
     let idle = Duration::from_secs(3);
     // Slack: one sweep (250 ms) and loopback round trips.
     let slack = Duration::from_millis(600);
@@ -397,14 +380,11 @@ async fn a_silent_tunnel_outlives_the_routes_timeout_and_still_echoes() {
     // route's upstream `timeout`, it is not cut and still echoes.
     let redis = Redis::spawn().await;
     let ws = Upstream::ws().await;
-    let route = format!(
-        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n    timeout: 1s\n",
-        ws.addr
-    );
+    let route = serde_json::json!([{"name": "chat", "kind": "gateway", "path": "/gateway/chat", "upstreams": [ws.addr.to_string()], "auth": "required", "timeout": "1s"}]);
     let gate = Gate::start(
         &Setup::redis(&redis)
-            .sessions("  idle_timeout: 1h\n")
-            .routes(&route),
+            .sessions(json!({"idle_timeout": "1h"}))
+            .routes(route),
     )
     .await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
@@ -447,11 +427,8 @@ async fn an_upstream_refusing_the_upgrade_leaves_no_tunnel_behind() {
         }
     })
     .await;
-    let routes = format!(
-        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n",
-        refuser.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "chat", "kind": "gateway", "path": "/gateway/chat", "upstreams": [refuser.addr.to_string()], "auth": "required"}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     s.write_all(format!(
@@ -519,11 +496,8 @@ async fn header_reporting_upstream() -> Upstream {
 async fn the_upstream_handshake_carries_identity_and_never_the_ticket() {
     let redis = Redis::spawn().await;
     let up = header_reporting_upstream().await;
-    let routes = format!(
-        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n    strip_prefix: true\n",
-        up.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "chat", "kind": "gateway", "path": "/gateway/chat", "upstreams": [up.addr.to_string()], "auth": "required", "strip_prefix": true}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     let url = format!(
@@ -583,19 +557,20 @@ async fn handshake_failures_answer_502_or_504_and_a_live_upstream_is_tried_next(
         let _ = s.read(&mut buf).await;
     })
     .await;
-    let route = |name: &str, ups: String| {
-        format!(
-            "  - name: {name}\n    kind: gateway\n    path: /{name}\n    upstreams: [{ups}]\n    auth: required\n    timeout: 500ms\n"
-        )
+    let route = |name: &str, ups: Vec<String>| {
+        json!({
+            "name": name, "kind": "gateway", "path": format!("/{name}"),
+            "upstreams": ups, "auth": "required", "timeout": "500ms",
+        })
     };
-    let routes = [
-        route("dead", format!("\"127.0.0.1:{dead}\"")),
-        route("slow", format!("\"{}\"", hang.addr)),
-        route("retry", format!("\"127.0.0.1:{dead}\", \"{}\"", ws.addr)),
-        route("refusing", format!("\"{}\"", chunked.addr)),
-    ]
-    .concat();
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let dead = format!("127.0.0.1:{dead}");
+    let routes = json!([
+        route("dead", vec![dead.clone()]),
+        route("slow", vec![hang.addr.to_string()]),
+        route("retry", vec![dead, ws.addr.to_string()]),
+        route("refusing", vec![chunked.addr.to_string()]),
+    ]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let open = |path: &'static str| {
         let url = format!("ws://{}/{path}?ticket={ticket}", gate.addr);
@@ -650,12 +625,12 @@ async fn a_gateway_reaches_a_tls_upstream_verified_by_its_ca() {
     let dir = scratch_dir("wss");
     let certs = TestCerts::make(&dir);
     let up = Upstream::wss(&certs).await;
-    let routes = format!(
-        "  - name: secure\n    kind: gateway\n    path: /secure\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{ca_file: \"{ca}\"}}\n  - name: untrusted\n    kind: gateway\n    path: /untrusted\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{}}\n",
-        a = up.addr,
-        ca = certs.ca.display()
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = {
+        let a = up.addr;
+        let ca = certs.ca.display();
+        serde_json::json!([{"name": "secure", "kind": "gateway", "path": "/secure", "upstreams": [a.to_string()], "auth": "required", "tls": {"ca_file": ca.to_string()}}, {"name": "untrusted", "kind": "gateway", "path": "/untrusted", "upstreams": [a.to_string()], "auth": "required", "tls": {}}])
+    };
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let url = |path: &str| format!("ws://{}/{path}?ticket={ticket}", gate.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url("secure"))

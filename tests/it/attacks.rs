@@ -4,17 +4,15 @@
 //! headers, `;parameters` in paths, slow and idle connections. Each asserts
 //! what the upstream did or did not receive.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::*;
+use crate::support::*;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
 
 /// Every request head an upstream received, raw.
 type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
@@ -73,13 +71,41 @@ fn recorded(seen: &Seen) -> Vec<Vec<u8>> {
 
 /// Standard routes, plus a `rec` controller (required) and `rec-public` on
 /// `upstream`.
-fn routes_with(http: &Upstream, ws: &Upstream, rec: &Upstream) -> String {
-    format!(
-        "{}  - name: rec\n    kind: controller\n    path: /rec\n    upstreams: [\"{r}\"]\n    auth: required\n  - name: rec-public\n    kind: controller\n    path: /rec-public\n    upstreams: [\"{r}\"]\n    auth: public\n  - name: rec-optional\n    kind: controller\n    path: /rec-optional\n    upstreams: [\"{r}\"]\n    auth: optional\n  - name: plain-gateway\n    kind: gateway\n    path: /gateway/plain\n    upstreams: [\"{h}\"]\n    auth: public\n",
-        routes(http.addr, ws.addr),
-        r = rec.addr,
-        h = http.addr,
-    )
+fn routes_with(http: &Upstream, ws: &Upstream, rec: &Upstream) -> Value {
+    let route = |name: &str, kind: &str, path: &str, up: SocketAddr, auth: &str| {
+        json!({
+            "name": name, "kind": kind, "path": path,
+            "upstreams": [up.to_string()], "auth": auth,
+        })
+    };
+    let mut all = routes(http.addr, ws.addr);
+    if let Some(list) = all.as_array_mut() {
+        list.extend([
+            route("rec", "controller", "/rec", rec.addr, "required"),
+            route(
+                "rec-public",
+                "controller",
+                "/rec-public",
+                rec.addr,
+                "public",
+            ),
+            route(
+                "rec-optional",
+                "controller",
+                "/rec-optional",
+                rec.addr,
+                "optional",
+            ),
+            route(
+                "plain-gateway",
+                "gateway",
+                "/gateway/plain",
+                http.addr,
+                "public",
+            ),
+        ]);
+    }
+    all
 }
 
 // ---- 1. upgrades ------------------------------------------------------------------------
@@ -92,7 +118,7 @@ async fn a_websocket_handshake_off_a_gateway_route_is_400_and_reaches_no_upstrea
     let redis = Redis::spawn().await;
     let (http, ws) = (Upstream::http().await, Upstream::ws().await);
     let (rec, seen) = recording(OK).await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes_with(&http, &ws, &rec))).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     for (path, upgrade, connection) in [
         ("/rec/x", "websocket", "Upgrade"),
@@ -123,7 +149,7 @@ async fn other_upgrades_are_dropped_and_served_as_plain_http() {
     let redis = Redis::spawn().await;
     let (http, ws) = (Upstream::http().await, Upstream::ws().await);
     let (rec, _) = recording(OK).await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes_with(&http, &ws, &rec))).await;
     for path in ["/public/x", "/gateway/plain/x"] {
         // With a body, and a second request after it on the same connection:
         // both are plain HTTP all the way.
@@ -174,7 +200,7 @@ async fn echo_through(s: &mut TcpStream) -> Vec<u8> {
 async fn websocket_may_be_one_token_of_an_upgrade_list() {
     let redis = Redis::spawn().await;
     let (http, ws) = (Upstream::http().await, Upstream::ws().await);
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes(http.addr, ws.addr))).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut s = TcpStream::connect(gate.addr).await.unwrap();
     s.write_all(format!(
@@ -193,7 +219,7 @@ async fn an_upstream_answering_101_to_a_plain_request_gets_502_and_no_tunnel() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nTUNNEL-BYTES",
     )
     .await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes_with(&http, &ws, &rec))).await;
     for extra in ["", "Upgrade: h2c\r\nConnection: Upgrade\r\n"] {
         let mut s = TcpStream::connect(gate.addr).await.unwrap();
         s.write_all(
@@ -236,14 +262,10 @@ async fn the_ticket_cookie_is_removed_whatever_bytes_sit_beside_it() {
     let redis = Redis::spawn().await;
     let (http, ws) = (Upstream::http().await, Upstream::ws().await);
     let (rec, seen) = recording(OK).await;
-    let setup = Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec));
-    let dir = scratch_dir("gate");
-    let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = setup
-        .yaml(listen, admin, &users)
-        .replace("secure: false", "secure: true");
-    let gate = Gate::start_yaml(dir, &yaml, listen, admin, &[]).await;
+    let setup = Setup::redis(&redis)
+        .routes(routes_with(&http, &ws, &rec))
+        .patch(json!({"tickets": {"cookie": {"secure": true}}}));
+    let gate = Gate::start(&setup).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     assert!(
         login
@@ -314,11 +336,9 @@ async fn a_gate_ticket_in_authorization_is_never_forwarded() {
     let mut redis = Redis::spawn().await;
     let (http, ws) = (Upstream::http().await, Upstream::ws().await);
     let (rec, seen) = recording(OK).await;
-    let mut setup = Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec));
-    setup.store = format!(
-        "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n  cache: 0s\n",
-        redis.url()
-    );
+    let setup = Setup::redis(&redis)
+        .routes(routes_with(&http, &ws, &rec))
+        .patch(json!({"store": {"cache": "0s"}}));
     let gate = Gate::start(&setup).await;
     let (live, _) = gate.login("alice", "wonderland").await;
     let (ended, _) = gate.login("bob", "builder").await;
@@ -384,11 +404,11 @@ async fn a_gate_ticket_in_authorization_is_never_forwarded() {
 async fn an_absolute_form_target_routes_by_its_authority() {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
-    let routes = format!(
-        "  - name: hostonly\n    kind: controller\n    host: api.example.com\n    path: /hostonly\n    upstreams: [\"{h}\"]\n    auth: public\n  - name: anyhost\n    kind: controller\n    path: /hostonly\n    upstreams: [\"{h}\"]\n    auth: required\n",
-        h = http.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = {
+        let h = http.addr;
+        serde_json::json!([{"name": "hostonly", "kind": "controller", "host": "api.example.com", "path": "/hostonly", "upstreams": [h.to_string()], "auth": "public"}, {"name": "anyhost", "kind": "controller", "path": "/hostonly", "upstreams": [h.to_string()], "auth": "required"}])
+    };
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     for raw in [
         "GET http://api.example.com/hostonly/secret?q=1 HTTP/1.1\r\n\r\n",
         "GET http://api.example.com/hostonly/secret?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
@@ -435,7 +455,7 @@ async fn identity_headers_spelled_with_underscores_are_stripped() {
     let redis = Redis::spawn().await;
     let (http, ws) = (Upstream::http().await, Upstream::ws().await);
     let (rec, seen) = recording(OK).await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes_with(&http, &ws, &rec))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes_with(&http, &ws, &rec))).await;
     let (ticket, _) = gate.login("bob", "builder").await;
     let forged = "X_Session_User: u-admin\r\nx_session-roles: admin\r\nX-SESSION_ID: forged\r\nx_SESSION_var_tier: platinum\r\nX-Session_Extra: 1\r\nX-Sessionx: kept\r\n";
     for (path, auth) in [
@@ -486,11 +506,11 @@ async fn identity_headers_spelled_with_underscores_are_stripped() {
 async fn path_parameters_do_not_dodge_a_protected_route() {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
-    let routes = format!(
-        "  - name: root\n    kind: controller\n    path: /\n    upstreams: [\"{h}\"]\n    auth: public\n  - name: admin\n    kind: controller\n    path: /admin\n    upstreams: [\"{h}\"]\n    auth: required\n  - name: shop\n    kind: controller\n    path: /controller/shop\n    strip_prefix: true\n    upstreams: [\"{h}\"]\n    auth: required\n",
-        h = http.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = {
+        let h = http.addr;
+        serde_json::json!([{"name": "root", "kind": "controller", "path": "/", "upstreams": [h.to_string()], "auth": "public"}, {"name": "admin", "kind": "controller", "path": "/admin", "upstreams": [h.to_string()], "auth": "required"}, {"name": "shop", "kind": "controller", "path": "/controller/shop", "strip_prefix": true, "upstreams": [h.to_string()], "auth": "required"}])
+    };
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     for path in [
         "/admin;jsessionid=x/secret",
         "/admin;/secret",
@@ -599,13 +619,10 @@ async fn two_thousand_slow_or_idle_connections_are_cut_by_their_deadlines() {
     const SLACK: Duration = Duration::from_secs(3);
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
-    let routes = format!(
-        "  - name: public\n    kind: controller\n    path: /public\n    upstreams: [\"{}\"]\n    auth: public\n",
-        http.addr
-    );
+    let routes = serde_json::json!([{"name": "public", "kind": "controller", "path": "/public", "upstreams": [http.addr.to_string()], "auth": "public"}]);
     let setup = Setup::redis(&redis)
-        .routes(&routes)
-        .extra("  header_timeout: 4s\n  keepalive_timeout: 5s\n");
+        .routes(routes)
+        .server(json!({"header_timeout": "4s", "keepalive_timeout": "5s"}));
     let gate = Gate::start(&setup).await;
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(2000);
     let mut held = Vec::new();

@@ -3,19 +3,13 @@
 //! cross-site rules, refused logins leaving nothing behind, percent-decoded
 //! ids, and a bounded password-hashing pool.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
-
-const STANDARD_LIMITS: &str = "rate_limit: {per_ip: 1000/min, per_user: 1000/min}";
 
 /// An argon2id PHC string with tiny parameters (m=8, t=1, p=1): tests log in
 /// often and must not wait on the hash.
@@ -46,19 +40,16 @@ fn write_users(dir: &Path, users: &[(&str, &str, &str, &str)]) -> std::path::Pat
     p
 }
 
-fn routes(http: SocketAddr) -> String {
-    format!(
-        "  - name: shop\n    kind: controller\n    path: /controller/shop\n    strip_prefix: true\n    upstreams: [\"{http}\"]\n    auth: required\n  - name: public\n    kind: controller\n    path: /public\n    upstreams: [\"{http}\"]\n    auth: public\n"
-    )
+fn routes(http: SocketAddr) -> Value {
+    serde_json::json!([{"name": "shop", "kind": "controller", "path": "/controller/shop", "strip_prefix": true, "upstreams": [http.to_string()], "auth": "required"}, {"name": "public", "kind": "controller", "path": "/public", "upstreams": [http.to_string()], "auth": "public"}])
 }
 
 /// What a test changes of the standard config.
 struct Opts<'a> {
-    /// Replaces the standard rate limits (`rate_limit: {...}`).
-    limits: &'a str,
-    /// Extra lines under `login:` (each indented two spaces).
-    login_extra: &'a str,
-    sessions: &'a str,
+    /// A merge patch of the `login` block (rate limits, origins, hashing).
+    login: Value,
+    /// The `sessions` block.
+    sessions: Value,
     /// `None`: the standard (expensive) users file.
     users: Option<&'a [(&'a str, &'a str, &'a str, &'a str)]>,
     /// A login delegate instead of the users file.
@@ -69,9 +60,8 @@ struct Opts<'a> {
 impl Default for Opts<'_> {
     fn default() -> Self {
         Opts {
-            limits: STANDARD_LIMITS,
-            login_extra: "",
-            sessions: "",
+            login: json!({}),
+            sessions: json!({}),
             users: Some(&[("alice", "wonderland", "u-alice", "{tier: gold}")]),
             delegate: None,
             args: &[],
@@ -93,24 +83,17 @@ async fn start(o: Opts<'_>) -> Env {
         Some(list) => write_users(&dir, list),
         None => users_file(&dir),
     };
-    let (listen, admin) = (free_port(), free_port());
-    let setup = Setup::redis(&redis)
-        .routes(&routes(http.addr))
+    let mut setup = Setup::redis(&redis)
+        .routes(routes(http.addr))
         .sessions(o.sessions)
-        .login_extra(o.login_extra);
-    let yaml = setup.yaml(listen, admin, &users);
-    assert!(yaml.contains(STANDARD_LIMITS), "{yaml}");
-    let mut yaml = yaml.replacen(STANDARD_LIMITS, o.limits, 1);
+        .login(o.login);
     if let Some(d) = o.delegate {
-        let users_line = format!("  users_file: {}\n", users.display());
-        assert!(yaml.contains(&users_line), "{yaml}");
-        yaml = yaml.replacen(
-            &users_line,
-            &format!("  delegate: {{url: \"http://{d}/verify\"}}\n"),
-            1,
-        );
+        setup = setup.login(json!({
+            "users_file": null,
+            "delegate": {"url": format!("http://{d}/verify")},
+        }));
     }
-    let gate = Gate::start_yaml(dir, &yaml, listen, admin, o.args).await;
+    let gate = Gate::start_yaml(dir, &setup.text(0, 0, &users), o.args).await;
     Env {
         _redis: redis,
         _http: http,
@@ -390,7 +373,7 @@ async fn client_text_cannot_forge_a_json_log_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_limit_counts_the_case_folded_username() {
     let e = start(Opts {
-        limits: "rate_limit: {per_ip: 1000/min, per_user: 3/min}",
+        login: json!({"rate_limit": {"per_user": "3/min"}}),
         ..Opts::default()
     })
     .await;
@@ -491,7 +474,7 @@ async fn by_cookie(gate: &Gate, method: &str, path: &str, ticket: &str, extra: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_authenticated_changes_must_come_from_an_allowed_origin() {
     let e = start(Opts {
-        login_extra: "  origins: [\"https://app.example.com\"]\n",
+        login: json!({"origins": ["https://app.example.com"]}),
         ..Opts::default()
     })
     .await;
@@ -572,7 +555,7 @@ async fn cookie_authenticated_changes_must_come_from_an_allowed_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_refused_for_its_ticket_size_stores_and_replaces_nothing() {
     let e = start(Opts {
-        sessions: "  max_per_user: 2\n",
+        sessions: json!({"max_per_user": 2}),
         ..Opts::default()
     })
     .await;
@@ -668,7 +651,7 @@ async fn a_login_flood_beyond_the_hash_queue_gets_429_while_routes_answer() {
     // The standard users file: real argon2id parameters (19 MiB, t=2).
     let e = start(Opts {
         users: None,
-        login_extra: "  hashing: {workers: 1, queue: 2}\n",
+        login: json!({"hashing": {"workers": 1, "queue": 2}}),
         ..Opts::default()
     })
     .await;

@@ -1,16 +1,12 @@
 //! The command line, black-box: `check`, `keygen`, `hash-password`,
 //! `ticket inspect`, `run` with a bad config, and the `demo` tour.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 fn bin() -> Command {
@@ -19,8 +15,7 @@ fn bin() -> Command {
 
 fn minimal_yaml(extra_route: &str) -> String {
     format!(
-        "listen: [\"127.0.0.1:{}\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n{extra_route}",
-        free_port()
+        "listen: [\"127.0.0.1:0\"]\nstore:\n  kind: memory\ntickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\nroutes:\n  - name: r\n    kind: controller\n    path: /r\n    upstreams: [\"127.0.0.1:9\"]\n{extra_route}"
     )
 }
 
@@ -248,6 +243,61 @@ async fn demo_serves_the_tour_it_prints() {
     assert!(
         printed.contains("/_session/login") && printed.contains("websocat"),
         "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn run_gives_each_port_zero_listener_its_own_port_and_names_it_in_the_ready_file() {
+    let dir = scratch_dir("cli-ready");
+    let users = users_file(&dir);
+    let yaml = Setup::memory()
+        .patch(serde_json::json!({"listen": ["127.0.0.1:0", "127.0.0.1:0"]}))
+        .text(0, 0, &users);
+    let gate = Gate::start_yaml(dir.clone(), &yaml, &[]).await;
+    let ready: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ready.json")).unwrap()).unwrap();
+    let listen: Vec<std::net::SocketAddr> =
+        serde_json::from_value(ready["listen"].clone()).unwrap();
+    let admin: std::net::SocketAddr = serde_json::from_value(ready["admin"].clone()).unwrap();
+    assert_eq!(ready["tls_listen"], serde_json::json!([]));
+    assert_eq!(listen.len(), 2, "{ready}");
+    assert!(listen.iter().all(|a| a.port() != 0), "{ready}");
+    assert_ne!(listen[0], listen[1]);
+    assert!(!listen.contains(&admin), "{ready}");
+    for addr in &listen {
+        let r = http(
+            *addr,
+            "GET /_session/openapi.json HTTP/1.1\r\nHost: gate.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{addr}: {}", r.text());
+    }
+    let health = http(admin, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+    drop(gate);
+
+    // `--upgrade` finds the running gate's sockets by address: port 0 names none.
+    let upgrade_dir = scratch_dir("cli-upgrade0");
+    let users = users_file(&upgrade_dir);
+    let f = upgrade_dir.join("sessiongate.yaml");
+    let pid_file = upgrade_dir.join("gate.pid");
+    let yaml = Setup::memory()
+        .server(serde_json::json!({ "pid_file": pid_file }))
+        .text(0, 0, &users);
+    std::fs::write(&f, yaml).unwrap();
+    let out = bin()
+        .args(["run", "--upgrade", "-c"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--upgrade needs every listen address to name its port (not 0)"),
+        "{err}"
     );
 }
 

@@ -116,19 +116,17 @@ impl Ca {
     }
 }
 
-/// The `tls:` block for `listen` with `certs` in order, plus `extra` lines
-/// (each indented two spaces).
-pub fn tls_yaml(port: u16, certs: &[&Issued], extra: &str) -> String {
-    let mut y = format!("tls:\n  listen: [\"127.0.0.1:{port}\"]\n  certificates:\n");
-    for c in certs {
-        y.push_str(&format!(
-            "    - {{cert_file: {}, key_file: {}}}\n",
-            c.cert.display(),
-            c.key.display()
-        ));
-    }
-    y.push_str(extra);
-    y
+/// The `tls` block listening on `port` (0: the gate picks) with `certs` in
+/// order.
+pub fn tls_config(port: u16, certs: &[&Issued]) -> serde_json::Value {
+    let certificates: Vec<serde_json::Value> = certs
+        .iter()
+        .map(|c| serde_json::json!({"cert_file": c.cert, "key_file": c.key}))
+        .collect();
+    serde_json::json!({
+        "listen": [format!("127.0.0.1:{port}")],
+        "certificates": certificates,
+    })
 }
 
 /// Accepts any server certificate, so a test can look at which one it got.

@@ -3,38 +3,20 @@
 //! (SPEC section 8), login with vars, a delegate and rate limits, the
 //! events channel, and concurrent logins, refreshes and logouts.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// One protected controller route.
-fn shop(http: SocketAddr) -> String {
-    format!(
-        "  - name: shop\n    kind: controller\n    path: /controller/shop\n    strip_prefix: true\n    upstreams: [\"{http}\"]\n    auth: required\n"
-    )
-}
-
-async fn start(sessions: &str) -> (Redis, Upstream, Gate) {
-    let redis = Redis::spawn().await;
-    let http = Upstream::http().await;
-    let gate = Gate::start(
-        &Setup::redis(&redis)
-            .sessions(sessions)
-            .routes(&shop(http.addr)),
-    )
-    .await;
-    (redis, http, gate)
+fn shop(http: SocketAddr) -> Value {
+    serde_json::json!([{"name": "shop", "kind": "controller", "path": "/controller/shop", "strip_prefix": true, "upstreams": [http.to_string()], "auth": "required"}])
 }
 
 /// Logs in; returns (ticket, session id).
@@ -128,7 +110,7 @@ fn ids_and_statuses(sessions: &[Value]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_session_is_admitted_everywhere() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, id) = login(&gate, "alice", "wonderland").await;
     let r = gate.get("/controller/shop/x", Some(&ticket)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -140,7 +122,7 @@ async fn active_session_is_admitted_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_is_204_clears_the_cookie_and_answers_session_ended() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, id) = login(&gate, "alice", "wonderland").await;
     let (other, _) = login(&gate, "alice", "wonderland").await;
     let r = gate.post("/_session/logout", Some(&ticket), "").await;
@@ -161,7 +143,7 @@ async fn logout_is_204_clears_the_cookie_and_answers_session_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_from_another_session_answers_session_removed() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (victim, vid) = login(&gate, "alice", "wonderland").await;
     let (me, mid) = login(&gate, "alice", "wonderland").await;
     let r = gate
@@ -184,7 +166,7 @@ async fn delete_from_another_session_answers_session_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_revoke_answers_session_revoked() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, id) = login(&gate, "alice", "wonderland").await;
     let r = gate
         .admin_req("POST", &format!("/admin/sessions/{id}/revoke"))
@@ -205,7 +187,7 @@ async fn admin_revoke_answers_session_revoked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_passing_answers_session_expired() {
-    let (_r, _h, gate) = start("  ttl: 2s\n").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({"ttl": "2s"})).await;
     let (ticket, _) = login(&gate, "alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&ticket)).await.status,
@@ -218,7 +200,8 @@ async fn ttl_passing_answers_session_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_answers_session_abandoned_while_activity_keeps_alive() {
-    let (_r, _h, gate) = start("  idle_timeout: 2s\n  touch_interval: 500ms\n  ttl: 1h\n").await;
+    let (_r, _h, _w, gate) =
+        standard_gate(json!({"idle_timeout": "2s", "touch_interval": "500ms", "ttl": "1h"})).await;
     let (idle, _) = login(&gate, "alice", "wonderland").await;
     let (busy, _) = login(&gate, "alice", "wonderland").await;
     // Requests are activity: the busy session outlives idle_timeout.
@@ -237,7 +220,7 @@ async fn idle_timeout_answers_session_abandoned_while_activity_keeps_alive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_beyond_max_per_user_answers_session_replaced() {
-    let (_r, _h, gate) = start("  max_per_user: 2\n").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({"max_per_user": 2})).await;
     let (first, fid) = login(&gate, "alice", "wonderland").await;
     let (second, sid2) = login(&gate, "alice", "wonderland").await;
     // Another user's logins do not count.
@@ -261,7 +244,7 @@ async fn login_beyond_max_per_user_answers_session_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_info_has_the_spec_shape() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let l = login.json();
     assert_eq!(keys(&l), BTreeSet::from(["ticket", "session", "user"]));
@@ -292,7 +275,7 @@ async fn session_info_has_the_spec_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touch_moves_last_active_at() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let before = ms(&login.json()["session"]["lastActiveAt"]);
     // Let the clock move on.
@@ -311,7 +294,7 @@ async fn touch_moves_last_active_at() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_issues_a_new_ticket_pushes_expiry_and_stops_at_max_lifetime() {
-    let (_r, _h, gate) = start("  ttl: 10s\n  max_lifetime: 12s\n").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({"ttl": "10s", "max_lifetime": "12s"})).await;
     let (old, login) = gate.login("alice", "wonderland").await;
     let created = ms(&login.json()["session"]["createdAt"]);
     let first_expiry = ms(&login.json()["session"]["expireAt"]);
@@ -349,7 +332,7 @@ async fn refresh_issues_a_new_ticket_pushes_expiry_and_stops_at_max_lifetime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_is_newest_first_and_leaves_out_removed() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ta, a) = login(&gate, "alice", "wonderland").await;
     let (_tb, b) = login(&gate, "alice", "wonderland").await;
     let (tc, c) = login(&gate, "alice", "wonderland").await;
@@ -388,7 +371,7 @@ async fn list_is_newest_first_and_leaves_out_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_and_delete_reach_only_the_callers_own_sessions() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (alice, _) = login(&gate, "alice", "wonderland").await;
     let (bob, bob_id) = login(&gate, "bob", "builder").await;
     let unknown = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -417,7 +400,7 @@ async fn end_and_delete_reach_only_the_callers_own_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_method_is_405_with_allow() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for (method, path, allow) in [
         ("GET", "/_session/login", "POST"),
         ("POST", "/_session", "GET"),
@@ -438,7 +421,7 @@ async fn wrong_method_is_405_with_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_api_answers_are_never_cached() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (t, first) = gate.login("alice", "wonderland").await;
     let (t2, other) = login(&gate, "alice", "wonderland").await;
     let mut answers = vec![("login", first)];
@@ -472,7 +455,7 @@ async fn session_api_answers_are_never_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_body_over_16_kib_is_413() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let body = login_body("alice", &"x".repeat(17 * 1024), json!({}));
     let r = gate.post("/_session/login", None, &body).await;
     assert_eq!(r.status, 413);
@@ -487,7 +470,7 @@ async fn login_body_over_16_kib_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_login_bodies_and_bad_vars_are_400_naming_the_key() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let many: BTreeMap<String, String> = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
     let long_key = "k".repeat(65);
     let cases: Vec<(String, Option<&str>)> = vec![
@@ -549,7 +532,7 @@ async fn malformed_login_bodies_and_bad_vars_are_400_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_vars_merge_with_the_users_file_winning() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let r = gate
         .post(
             "/_session/login",
@@ -578,7 +561,7 @@ async fn login_vars_merge_with_the_users_file_winning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ids_differ_on_every_login_and_carry_128_bits() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let mut ids = HashSet::new();
     let mut tickets = HashSet::new();
     for _ in 0..12 {
@@ -598,7 +581,7 @@ async fn session_ids_differ_on_every_login_and_carry_128_bits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_and_unknown_user_are_401_bad_credentials() {
-    let (_r, _h, gate) = start("").await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for (user, pw) in [("alice", "nope"), ("mallory", "wonderland"), ("alice", "")] {
         let r = gate
             .post("/_session/login", None, &login_body(user, pw, json!({})))
@@ -701,13 +684,10 @@ async fn start_with_delegate(seen: Arc<Mutex<Vec<Value>>>) -> (Redis, Upstream, 
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let d = delegate(seen).await;
-    let gate = Gate::start_with_login(
-        &Setup::redis(&redis).routes(&shop(http.addr)),
-        &format!(
-            "  delegate: {{url: \"http://{}/verify\", timeout: 2s}}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
-            d.addr
-        ),
-    )
+    let gate = Gate::start(&Setup::redis(&redis).routes(shop(http.addr)).login(json!({
+        "users_file": null,
+        "delegate": {"url": format!("http://{}/verify", d.addr), "timeout": "2s"},
+    })))
     .await;
     (redis, http, d, gate)
 }
@@ -832,9 +812,9 @@ async fn delegate_refusals_and_failures_never_admit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_rate_limits_per_user_and_per_ip() {
     let redis = Redis::spawn().await;
-    let gate = Gate::start_with_login(
-        &Setup::redis(&redis),
-        "  users_file: {cheap_users}\n  rate_limit: {per_ip: 20/min, per_user: 5/min}\n",
+    let gate = Gate::start(
+        &Setup::redis(&redis)
+            .login(json!({"rate_limit": {"per_ip": "20/min", "per_user": "5/min"}})),
     )
     .await;
     let here = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -893,7 +873,7 @@ async fn login_rate_limits_per_user_and_per_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_transition_is_published_exactly_once() {
-    let (redis, _h, gate) = start("  ttl: 2s\n").await;
+    let (redis, _h, _w, gate) = standard_gate(json!({"ttl": "2s"})).await;
     let mut ps = redis.client().get_async_pubsub().await.unwrap();
     ps.subscribe("sg:events").await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
@@ -973,7 +953,7 @@ async fn each_transition_is_published_exactly_once() {
 async fn a_change_on_one_node_reaches_another_before_its_cache_expires() {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
-    let setup = Setup::redis(&redis).routes(&shop(http.addr));
+    let setup = Setup::redis(&redis).routes(shop(http.addr));
     let (a, b) = tokio::join!(Gate::start(&setup), Gate::start(&setup));
     let (out, _) = login(&a, "alice", "wonderland").await;
     let (revoked, rid) = login(&a, "alice", "wonderland").await;
@@ -1005,12 +985,12 @@ async fn a_change_on_one_node_reaches_another_before_its_cache_expires() {
 async fn concurrent_logins_keep_exactly_max_per_user_active() {
     let redis = Redis::spawn().await;
     let echo = Upstream::http().await;
-    let gate = Gate::start_with_login(
+    let gate = Gate::start(
         &Setup::redis(&redis)
-            .sessions("  max_per_user: 5\n")
-            .routes(&shop(echo.addr)),
-        // A hashing queue that holds every one of the 200 logins at once.
-        "  users_file: {cheap_users}\n  rate_limit: {per_ip: 1000/min, per_user: 1000/min}\n  hashing: {workers: 2, queue: 200}\n",
+            .sessions(json!({"max_per_user": 5}))
+            .routes(shop(echo.addr))
+            // A hashing queue that holds every one of the 200 logins at once.
+            .login(json!({"hashing": {"workers": 2, "queue": 200}})),
     )
     .await;
     let body = login_body("alice", "wonderland", json!({}));
@@ -1073,11 +1053,7 @@ async fn concurrent_logins_keep_exactly_max_per_user_active() {
 async fn concurrent_refresh_and_logout_end_ended() {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
-    let gate = Gate::start_with_login(
-        &Setup::redis(&redis).routes(&shop(http.addr)),
-        "  users_file: {cheap_users}\n  rate_limit: {per_ip: 1000/min, per_user: 1000/min}\n",
-    )
-    .await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(shop(http.addr))).await;
     let gate = Arc::new(gate);
     for round in 0..20 {
         let (ticket, id) = login(&gate, "alice", "wonderland").await;

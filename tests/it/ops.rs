@@ -1,16 +1,13 @@
 //! Operating the gate: admin endpoints and metrics, the access log, config
 //! reload (signal and file watch), key rotation and graceful stop.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -25,7 +22,7 @@ async fn env() -> Env {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let setup = Setup::redis(&redis).routes(&routes(http.addr, ws.addr));
+    let setup = Setup::redis(&redis).routes(routes(http.addr, ws.addr));
     Env {
         redis,
         http,
@@ -171,9 +168,7 @@ async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
     let e = env().await;
     let dir = scratch_dir("log");
     let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = e.setup.yaml(listen, admin, &users);
-    let gate = Gate::start_yaml(dir, &yaml, listen, admin, &["--log-format", "json"]).await;
+    let gate = Gate::start_yaml(dir, &e.setup.text(0, 0, &users), &["--log-format", "json"]).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     gate.get("/controller/shop/items?secret=1", Some(&ticket))
@@ -236,16 +231,18 @@ async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
     );
 }
 
-fn with_route(e: &Env, extra: &str) -> Setup {
-    let mut s =
-        Setup::redis(&e.redis).routes(&format!("{}{extra}", routes(e.http.addr, e.ws.addr)));
-    s.sessions = e.setup.sessions.clone();
-    s
+/// The test's config with `extra` routes after the standard ones.
+fn with_route(e: &Env, extra: Value) -> Setup {
+    let mut all = routes(e.http.addr, e.ws.addr);
+    if let (Some(list), Value::Array(extra)) = (all.as_array_mut(), extra) {
+        list.extend(extra);
+    }
+    e.setup.clone().routes(all)
 }
 
 fn rewrite(gate: &Gate, setup: &Setup) {
     let users = gate.dir.join("users.yaml");
-    let yaml = setup.yaml(gate.addr.port(), gate.admin.port(), &users);
+    let yaml = setup.text(gate.addr.port(), gate.admin.port(), &users);
     // Write then rename, as editors and config managers do, so the watcher never reads half a file.
     let tmp = gate.dir.join("next.yaml");
     std::fs::write(&tmp, yaml).unwrap();
@@ -294,11 +291,8 @@ async fn sighup_and_file_changes_reload_routes_without_dropping_connections() {
         })
     };
 
-    let extra = format!(
-        "  - name: extra\n    kind: controller\n    path: /extra\n    upstreams: [\"{}\"]\n    auth: public\n",
-        e.http.addr
-    );
-    rewrite(&gate, &with_route(&e, &extra));
+    let extra = serde_json::json!([{"name": "extra", "kind": "controller", "path": "/extra", "upstreams": [e.http.addr.to_string()], "auth": "public"}]);
+    rewrite(&gate, &with_route(&e, extra));
     gate.signal("HUP");
     let added = eventually(Duration::from_secs(5), || async {
         (gate.get("/extra/x", None).await.status == 200).then_some(())
@@ -383,14 +377,15 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
     let (old, _) = gate.login("alice", "wonderland").await;
     let new_secret = sessiongate::ticket::new_secret();
     let users = gate.dir.join("users.yaml");
-    let rotated = e
-        .setup
-        .yaml(gate.addr.port(), gate.admin.port(), &users)
-        .replace(
-            "    - id: k1\n",
-            &format!("    - id: k2\n      secret: {new_secret}\n    - id: k1\n"),
-        );
-    std::fs::write(&gate.config, &rotated).unwrap();
+    let keys = |keys: Value| {
+        e.setup
+            .clone()
+            .patch(json!({"tickets": {"keys": keys}}))
+            .text(gate.addr.port(), gate.admin.port(), &users)
+    };
+    let k1 = json!({"id": "k1", "secret": SECRET});
+    let k2 = json!({"id": "k2", "secret": new_secret});
+    std::fs::write(&gate.config, keys(json!([k2, k1]))).unwrap();
     gate.signal("HUP");
     let (fresh, _) = eventually(Duration::from_secs(5), || async {
         let (t, r) = gate.login("alice", "wonderland").await;
@@ -409,8 +404,7 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
         200
     );
     // Drop k1: its tickets stop verifying.
-    let only_new = rotated.replace(&format!("    - id: k1\n      secret: {SECRET}\n"), "");
-    std::fs::write(&gate.config, only_new).unwrap();
+    std::fs::write(&gate.config, keys(json!([k2]))).unwrap();
     gate.signal("HUP");
     let dropped = eventually(Duration::from_secs(5), || async {
         (gate.get("/controller/shop/x", Some(&old)).await.status == 401).then_some(())
@@ -431,12 +425,14 @@ async fn rotating_the_signing_key_keeps_old_tickets_valid_while_listed() {
 async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0() {
     let redis = Redis::spawn().await;
     let ws = Upstream::ws().await;
-    // An upstream that signals when a request reaches it and answers 700 ms
-    // later: in flight when SIGTERM lands.
+    // An upstream that signals when a request reaches it and answers only
+    // when the test lets it, once the gate is shutting down: the request is
+    // in flight when SIGTERM lands, and still is as the drain begins.
     let arrived = Arc::new(tokio::sync::Notify::new());
-    let signal = arrived.clone();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (signal, go) = (arrived.clone(), release.clone());
     let slow = Upstream::custom(move |mut s| {
-        let signal = signal.clone();
+        let (signal, go) = (signal.clone(), go.clone());
         async move {
             let mut buf = [0u8; 4096];
             use tokio::io::AsyncReadExt;
@@ -445,18 +441,15 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
                 return;
             }
             signal.notify_one();
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            go.notified().await;
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
                 .await;
         }
     })
     .await;
-    let routes = format!(
-        "  - name: chat\n    kind: gateway\n    path: /gateway/chat\n    upstreams: [\"{}\"]\n    auth: required\n  - name: slow\n    kind: controller\n    path: /slow\n    upstreams: [\"{}\"]\n    auth: public\n",
-        ws.addr, slow.addr
-    );
-    let mut gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "chat", "kind": "gateway", "path": "/gateway/chat", "upstreams": [ws.addr.to_string()], "auth": "required"}, {"name": "slow", "kind": "controller", "path": "/slow", "upstreams": [slow.addr.to_string()], "auth": "public"}]);
+    let mut gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let (mut client, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/gateway/chat?ticket={ticket}",
@@ -471,12 +464,7 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
         .await
         .expect("the request reaches the upstream");
     gate.signal("TERM");
-    let r = in_flight
-        .await
-        .unwrap()
-        .expect("in-flight request completes");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "slow");
+    // The WebSocket's Close 1001 says the shutdown has begun.
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match client.next().await {
@@ -491,6 +479,13 @@ async fn sigterm_finishes_in_flight_requests_closes_websockets_1001_and_exits_0(
     .await
     .expect("Close frame in time");
     assert_eq!(closed.map(|c| c.0), Some(1001));
+    release.notify_one();
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow");
     // Exits once drained, well before the 5 s grace period runs out.
     assert_eq!(
         gate.wait_exit(Duration::from_secs(3)).await,

@@ -1,14 +1,10 @@
-//! The rules of tests/attacks.rs (issue 9) on the other spellings the edge
+//! The rules of `attacks` (issue 9) on the other spellings the edge
 //! accepts: HTTP/2 and HTTP/1.1 on a TLS listener, with PROXY protocol on.
 //! Each test asserts what a recording upstream did or did not receive.
 //!
 //! Requests HTTP/2 forbids (connection-specific headers, `:protocol`, no
 //! `:authority`) cannot be built with the `h2` client, so [`raw`] writes
 //! those frames by hand.
-
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,8 +15,9 @@ use http::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::edge::{Ca, Client, exchange, tls_yaml};
-use support::*;
+use crate::support::edge::{Ca, Client, exchange, tls_config};
+use crate::support::*;
+use serde_json::{Value, json};
 
 /// Every request head an upstream received, raw.
 type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
@@ -88,8 +85,8 @@ fn take(seen: &Seen) -> Vec<Vec<u8>> {
 
 /// Every route kind and auth policy on the recording upstream, host routes,
 /// and a public root beside a protected `/admin`.
-fn all_routes(rec: SocketAddr) -> String {
-    let mut y = String::new();
+fn all_routes(rec: SocketAddr) -> Value {
+    let mut all = Vec::new();
     for (name, kind, path, auth, host) in [
         ("rec", "controller", "/rec", "required", ""),
         ("rec-public", "controller", "/rec-public", "public", ""),
@@ -113,14 +110,16 @@ fn all_routes(rec: SocketAddr) -> String {
         ("admin", "controller", "/admin", "required", ""),
         ("root", "controller", "/", "public", ""),
     ] {
-        y.push_str(&format!(
-            "  - name: {name}\n    kind: {kind}\n    path: {path}\n    upstreams: [\"{rec}\"]\n    auth: {auth}\n"
-        ));
+        let mut route = json!({
+            "name": name, "kind": kind, "path": path,
+            "upstreams": [rec.to_string()], "auth": auth,
+        });
         if !host.is_empty() {
-            y.push_str(&format!("    host: {host}\n"));
+            route["host"] = host.into();
         }
+        all.push(route);
     }
-    y
+    Value::Array(all)
 }
 
 struct Edge {
@@ -131,26 +130,25 @@ struct Edge {
     gate: Gate,
 }
 
-/// A gate with a plain and a TLS listener in front of [`all_routes`];
-/// `server` lines go under `server:`, `top` is more top-level yaml.
-async fn edge(server: &str, top: &str) -> Edge {
+/// A gate with a plain and a TLS listener in front of [`all_routes`], its
+/// config changed by the merge patch `patch`.
+async fn edge(patch: Value) -> Edge {
     let redis = Redis::spawn().await;
     let (rec, seen) = recording().await;
     let ca = Ca::new(&scratch_dir("attacks-h2-ca"));
     let cert = ca.issue("default.test", "DNS:default.test,IP:127.0.0.1", 2);
-    let port = free_port();
-    let extra = format!("{server}{}{top}", tls_yaml(port, &[&cert], ""));
     let gate = Gate::start(
         &Setup::redis(&redis)
-            .extra(&extra)
-            .routes(&all_routes(rec.addr)),
+            .patch(json!({"tls": tls_config(0, &[&cert])}))
+            .patch(patch)
+            .routes(all_routes(rec.addr)),
     )
     .await;
     Edge {
         _redis: redis,
         _rec: rec,
         seen,
-        tls: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: gate.tls[0],
         gate,
     }
 }
@@ -226,7 +224,7 @@ fn error_of(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_in_any_spelling_are_stripped_over_h2_and_tls() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     let (ticket, _) = e.gate.login("bob", "builder").await;
     let bearer = format!("Bearer {ticket}");
     let forged: &[(&str, &[u8])] = &[
@@ -295,7 +293,7 @@ async fn identity_headers_in_any_spelling_are_stripped_over_h2_and_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ticket_cookie_is_removed_over_h2_in_one_header_or_in_crumbs() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     let (ticket, _) = e.gate.login("alice", "wonderland").await;
     let t = ticket.as_bytes();
     let one = [b"pref=caf\xe9; sg_ticket=", t, b"; x=\xff\xfe"].concat();
@@ -342,7 +340,7 @@ async fn the_ticket_cookie_is_removed_over_h2_in_one_header_or_in_crumbs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_bearer_ticket_is_never_forwarded_over_h2() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     let (live, _) = e.gate.login("alice", "wonderland").await;
     let (ended, _) = e.gate.login("bob", "builder").await;
     assert_eq!(
@@ -576,7 +574,7 @@ use raw::Answer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_routes_by_its_authority_never_by_a_conflicting_host() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     let c = h2(e.tls).await;
     // The host route is public, the host-less one with the same path is not.
     let (status, _) = h2_get(&c, "api.example.com", "/hostonly/s?q=1", &[]).await;
@@ -630,7 +628,7 @@ async fn h2_routes_by_its_authority_never_by_a_conflicting_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_paths_with_params_dot_segments_or_encoded_separators_do_not_dodge_a_route() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     let c = h2(e.tls).await;
     for path in [
         "/admin;jsessionid=x/secret",
@@ -680,7 +678,7 @@ async fn h2_paths_with_params_dot_segments_or_encoded_separators_do_not_dodge_a_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_h2_request_opens_a_tunnel_on_any_route_kind() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     // RFC 8441 is not offered: no SETTINGS_ENABLE_CONNECT_PROTOCOL (8).
     let mut s = tls_h2_stream(e.tls).await;
     let settings = raw::open(&mut s).await;
@@ -789,7 +787,7 @@ async fn no_h2_request_opens_a_tunnel_on_any_route_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_replaced_over_h2_and_tls() {
-    let e = edge("", "").await;
+    let e = edge(json!({})).await;
     let forged: &[(&str, &[u8])] = &[
         ("x-forwarded-for", b"6.6.6.6"),
         ("x-forwarded-for", b"7.7.7.7, 8.8.8.8"),
@@ -862,7 +860,7 @@ async fn slow_clients_on_a_tls_listener_are_cut_by_their_deadlines() {
     // sessiongate::listeners::HANDSHAKE_TIMEOUT
     const HANDSHAKE: Duration = Duration::from_secs(10);
     const SLACK: Duration = Duration::from_secs(3);
-    let e = edge("  header_timeout: 2s\n  keepalive_timeout: 3s\n", "").await;
+    let e = edge(json!({"server": {"header_timeout": "2s", "keepalive_timeout": "3s"}})).await;
     let tls = e.tls;
 
     // 1. TCP only, no ClientHello; 2. half a ClientHello record.
@@ -1063,7 +1061,7 @@ async fn proxy_checks(e: &Edge) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_proxy_protocol_only_the_proxy_source_is_believed() {
-    let e = edge("", "clients:\n  proxy_protocol: true\n").await;
+    let e = edge(json!({"clients": {"proxy_protocol": true}})).await;
     proxy_checks(&e).await;
 }
 
@@ -1071,10 +1069,10 @@ async fn with_proxy_protocol_only_the_proxy_source_is_believed() {
 async fn with_proxy_protocol_a_trusted_proxy_source_still_names_the_client() {
     // SPEC 6: the PROXY header's source is the client when one is used,
     // whatever `trusted_proxies` holds (the balancer saw the client itself).
-    let e = edge(
-        "",
-        "clients:\n  proxy_protocol: true\n  trusted_proxies: [\"127.0.0.0/8\", \"192.0.2.0/24\"]\n",
-    )
+    let e = edge(json!({"clients": {
+        "proxy_protocol": true,
+        "trusted_proxies": ["127.0.0.0/8", "192.0.2.0/24"],
+    }}))
     .await;
     proxy_checks(&e).await;
 }

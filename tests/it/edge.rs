@@ -3,14 +3,11 @@
 //! address it believes (PROXY v1/v2, trusted proxies, forged
 //! X-Forwarded-For) and what the upstream is told about it.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
-use support::edge::{Ca, Client, Issued, exchange, get, served_cn, tls_yaml, tls11_hello};
-use support::*;
+use crate::support::edge::{Ca, Client, Issued, exchange, get, served_cn, tls_config, tls11_hello};
+use crate::support::*;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 struct Edge {
@@ -23,8 +20,13 @@ struct Edge {
 }
 
 /// A gate with one plain and one TLS listener; `certs` (the first the
-/// default) and extra `tls:` lines, and top-level yaml `more`.
-async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge {
+/// default), its config changed by the merge patch `patch`.
+async fn edge_with(certs: &[(&str, &str)], patch: Value) -> Edge {
+    edge_on(0, certs, patch).await
+}
+
+/// [`edge_with`] with the TLS listener on `port` (0: the gate picks one).
+async fn edge_on(port: u16, certs: &[(&str, &str)], patch: Value) -> Edge {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
@@ -35,12 +37,11 @@ async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge 
         .map(|(tag, sans)| ca.issue(tag, sans, 2))
         .collect();
     let refs: Vec<&Issued> = issued.iter().collect();
-    let port = free_port();
-    let extra = format!("{}{more}", tls_yaml(port, &refs, tls_extra));
     let gate = Gate::start(
         &Setup::redis(&redis)
-            .extra(&extra)
-            .routes(&routes(http.addr, ws.addr)),
+            .patch(json!({"tls": tls_config(port, &refs)}))
+            .patch(patch)
+            .routes(routes(http.addr, ws.addr)),
     )
     .await;
     Edge {
@@ -48,7 +49,7 @@ async fn edge_with(certs: &[(&str, &str)], tls_extra: &str, more: &str) -> Edge 
         _http: http,
         _ws: ws,
         ca,
-        tls: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: gate.tls[0],
         gate,
     }
 }
@@ -59,8 +60,7 @@ const DEFAULT_CERT: (&str, &str) = ("default.test", "DNS:default.test,IP:127.0.0
 async fn sni_chooses_the_certificate_and_no_sni_gets_the_first() {
     let e = edge_with(
         &[DEFAULT_CERT, ("b.test", "DNS:b.test,DNS:*.wild.test")],
-        "",
-        "",
+        json!({}),
     )
     .await;
     let any = Client::any();
@@ -89,8 +89,7 @@ async fn sni_chooses_the_certificate_and_no_sni_gets_the_first() {
 async fn tls_listeners_say_https_upstream_and_add_hsts() {
     let e = edge_with(
         &[DEFAULT_CERT],
-        "  hsts: \"max-age=63072000; includeSubDomains\"\n",
-        "",
+        json!({"tls": {"hsts": "max-age=63072000; includeSubDomains"}}),
     )
     .await;
     let (ticket, _) = e.gate.login("alice", "wonderland").await;
@@ -140,7 +139,7 @@ async fn tls_listeners_say_https_upstream_and_add_hsts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_tls_versions_are_refused() {
-    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let e = edge_with(&[DEFAULT_CERT], json!({})).await;
     // An alert (21: handshake_failure 40 or protocol_version 70), never a
     // ServerHello, for a client that offers only TLS 1.1.
     let (record, alert) = tls11_hello(e.tls).await;
@@ -156,7 +155,7 @@ async fn old_tls_versions_are_refused() {
         .unwrap();
     drop(e);
 
-    let e = edge_with(&[DEFAULT_CERT], "  min_version: \"1.3\"\n", "").await;
+    let e = edge_with(&[DEFAULT_CERT], json!({"tls": {"min_version": "1.3"}})).await;
     assert!(
         Client::any()
             .tls12_only()
@@ -178,7 +177,13 @@ async fn old_tls_versions_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_plain_answers_308_to_the_same_url_on_https() {
-    let e = edge_with(&[DEFAULT_CERT], "  redirect_plain: true\n", "").await;
+    // The redirect names the configured TLS port: a real one, not 0.
+    let e = edge_on(
+        free_port(),
+        &[DEFAULT_CERT],
+        json!({"tls": {"redirect_plain": true}}),
+    )
+    .await;
     let r = e
         .gate
         .req("GET /controller/shop/a%20b?x=1&y=2 HTTP/1.1\r\nHost: Gate.Test:6090\r\n\r\n")
@@ -213,7 +218,7 @@ async fn redirect_plain_answers_308_to_the_same_url_on_https() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_from_an_untrusted_peer_is_dropped() {
-    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let e = edge_with(&[DEFAULT_CERT], json!({})).await;
     let r = e
         .gate
         .req("GET /public/x HTTP/1.1\r\nHost: gate.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n")
@@ -241,8 +246,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_dropped() {
 async fn a_trusted_proxy_gives_the_rightmost_untrusted_address() {
     let e = edge_with(
         &[DEFAULT_CERT],
-        "",
-        "clients:\n  trusted_proxies: [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n",
+        json!({"clients": {"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"]}}),
     )
     .await;
     let r = e
@@ -294,7 +298,11 @@ fn proxy_v2(src: [u8; 4], port: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_v1_and_v2_give_the_client_address() {
-    let e = edge_with(&[DEFAULT_CERT], "", "clients:\n  proxy_protocol: true\n").await;
+    let e = edge_with(
+        &[DEFAULT_CERT],
+        json!({"clients": {"proxy_protocol": true}}),
+    )
+    .await;
     let addr = e.gate.addr;
     assert_eq!(
         via_proxy_header(addr, b"PROXY TCP4 192.0.2.10 127.0.0.1 40000 6090\r\n").await,
@@ -355,7 +363,7 @@ async fn proxy_protocol_v1_and_v2_give_the_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_reaches_new_connections_and_a_bad_one_is_refused() {
-    let e = edge_with(&[("first.test", "DNS:first.test,IP:127.0.0.1")], "", "").await;
+    let e = edge_with(&[("first.test", "DNS:first.test,IP:127.0.0.1")], json!({})).await;
     let cert_file = e.ca.dir.join("first.test.pem");
     let key_file = e.ca.dir.join("first.test.key");
     let (ticket, _) = e.gate.login("alice", "wonderland").await;
@@ -509,7 +517,7 @@ fn identity_of(body: &[u8]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_streams_of_one_connection_follow_their_own_sessions() {
-    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let e = edge_with(&[DEFAULT_CERT], json!({})).await;
     let (alice, _) = e.gate.login("alice", "wonderland").await;
     let (bob, _) = e.gate.login("bob", "builder").await;
 
@@ -585,7 +593,7 @@ async fn a_wss_tunnel_through_the_gate_ends_with_4401_on_logout() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let e = edge_with(&[DEFAULT_CERT], "", "").await;
+    let e = edge_with(&[DEFAULT_CERT], json!({})).await;
     let (ticket, _) = e.gate.login("alice", "wonderland").await;
     // A WebSocket goes over an http/1.1 connection (ALPN), as browsers open
     // one for it: the gate does not offer RFC 8441 WebSockets over h2.
@@ -773,22 +781,14 @@ async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
     let dir = scratch_dir("edge-chromium");
     let ca = Ca::new(&dir);
     let cert = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1", 2);
-    let port = free_port();
-    let routes = format!(
-        "  - name: app\n    kind: controller\n    path: /app\n    upstreams: [\"{}\"]\n    auth: public\n",
-        page.addr
-    );
+    let routes = serde_json::json!([{"name": "app", "kind": "controller", "path": "/app", "upstreams": [page.addr.to_string()], "auth": "public"}]);
     let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = Setup::redis(&redis)
-        .extra(&tls_yaml(port, &[&cert], ""))
-        .routes(&routes)
-        .yaml(listen, admin, &users)
-        .replace(
-            "cookie: {name: sg_ticket, secure: false}",
-            "cookie: {name: sg_ticket, secure: true}",
-        );
-    let gate = Gate::start_yaml(dir.clone(), &yaml, listen, admin, &[]).await;
+    let config = Setup::redis(&redis)
+        .patch(json!({"tls": tls_config(0, &[&cert])}))
+        .routes(routes)
+        .patch(json!({"tickets": {"cookie": {"secure": true}}}))
+        .text(0, 0, &users);
+    let gate = Gate::start_yaml(dir.clone(), &config, &[]).await;
 
     let profile = dir.join("chromium-profile");
     let out = tokio::time::timeout(
@@ -807,7 +807,7 @@ async fn the_host_cookie_flow_works_in_headless_chromium_over_https() {
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--dump-dom")
-            .arg(format!("https://127.0.0.1:{port}/app/"))
+            .arg(format!("https://{}/app/", gate.tls[0]))
             .kill_on_drop(true)
             .output(),
     )
@@ -863,18 +863,14 @@ async fn run_upgrade_takes_over_the_sockets_under_load_without_a_failed_request(
     let dir = scratch_dir("edge-upgrade");
     let (pid_file, sock) = (dir.join("gate.pid"), dir.join("upgrade.sock"));
     let setup = Setup::redis(&redis)
-        .extra(&format!(
-            "  pid_file: {}\n  upgrade_sock: {}\n",
-            pid_file.display(),
-            sock.display()
-        ))
-        .routes(&routes(http_up.addr, ws_up.addr));
+        .server(json!({"pid_file": pid_file, "upgrade_sock": sock, "grace_period": "3s"}))
+        .routes(routes(http_up.addr, ws_up.addr));
     let users = users_file(&dir);
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = setup
-        .yaml(listen, admin, &users)
-        .replace("grace_period: 5s", "grace_period: 3s");
-    let mut old = Gate::start_yaml(dir.clone(), &yaml, listen, admin, &[]).await;
+    let yaml = |listen: u16, admin: u16| setup.text(listen, admin, &users);
+    let mut old = Gate::start_yaml(dir.clone(), &yaml(0, 0), &[]).await;
+    // `--upgrade` finds the old sockets by address: from now on the config
+    // names the ports the old gate was given.
+    std::fs::write(&old.config, yaml(old.addr.port(), old.admin.port())).unwrap();
     let written = eventually(Duration::from_secs(5), || async {
         let p = std::fs::read_to_string(&pid_file).ok()?;
         (p.trim() == old.pid().to_string()).then_some(())
@@ -974,20 +970,15 @@ async fn a_gate_with_only_tls_listeners_serves() {
     let dir = scratch_dir("edge-tls-only");
     let ca = Ca::new(&dir);
     let cert = ca.issue("only.test", "DNS:only.test,IP:127.0.0.1", 2);
-    let (port, admin) = (free_port(), free_port());
     let users = users_file(&dir);
     let yaml = Setup::redis(&redis)
-        .extra(&tls_yaml(port, &[&cert], ""))
-        .routes(&routes(http_up.addr, http_up.addr))
-        .yaml(port, admin, &users)
-        .replacen(
-            &format!("listen: [\"127.0.0.1:{port}\"]\n"),
-            "listen: []\n",
-            1,
-        );
-    assert!(yaml.starts_with("listen: []\n"), "{yaml}");
-    // The harness's readiness probe connects to `port`: the TLS listener here.
-    let gate = Gate::start_yaml(dir, &yaml, port, admin, &[]).await;
+        .patch(json!({"listen": [], "tls": tls_config(0, &[&cert])}))
+        .routes(routes(http_up.addr, http_up.addr))
+        .text(0, 0, &users);
+    let config: Value = serde_json::from_str(&yaml).unwrap();
+    assert_eq!(config["listen"], json!([]), "{yaml}");
+    // With no plain listener, the harness's `gate.addr` is the TLS one.
+    let gate = Gate::start_yaml(dir, &yaml, &[]).await;
     let mut tls = Client::verified(&ca.cert)
         .connect(gate.addr, "only.test")
         .await

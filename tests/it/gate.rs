@@ -2,25 +2,14 @@
 //! headers, limits and upstream failures, against the real binary, a real
 //! redis-server and real upstream servers.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
-use support::*;
-
-async fn setup() -> (Redis, Upstream, Upstream, Gate) {
-    let redis = Redis::spawn().await;
-    let http = Upstream::http().await;
-    let ws = Upstream::ws().await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
-    (redis, http, ws, gate)
-}
+use crate::support::*;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_route_without_ticket_is_401_missing_ticket() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let r = gate.get("/controller/shop/items", None).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.error(), "missing_ticket");
@@ -30,7 +19,7 @@ async fn required_route_without_ticket_is_401_missing_ticket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_or_garbage_tickets_are_401_invalid_ticket() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let mut tampered = ticket.clone().into_bytes();
     let i = tampered.len() - 3;
@@ -61,7 +50,7 @@ async fn forged_or_garbage_tickets_are_401_invalid_ticket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_ticket_reaches_upstream_with_identity_headers() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     let r = gate.get("/controller/shop/items?x=1", Some(&ticket)).await;
@@ -106,7 +95,7 @@ async fn valid_ticket_reaches_upstream_with_identity_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_identity_headers_are_stripped_in_any_case() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("bob", "builder").await;
     let r = gate
         .req(&format!(
@@ -133,7 +122,7 @@ async fn forged_identity_headers_are_stripped_in_any_case() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_header_cannot_remove_injected_identity() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate
         .req(&format!(
@@ -148,7 +137,7 @@ async fn connection_header_cannot_remove_injected_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_cookie_is_accepted_and_never_forwarded() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let set_cookie = login.header("set-cookie").unwrap().to_owned();
     assert!(
@@ -175,7 +164,7 @@ async fn ticket_cookie_is_accepted_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_ticket_only_counts_on_websocket_handshakes() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate
         .get(&format!("/controller/shop/x?ticket={ticket}"), None)
@@ -192,7 +181,7 @@ async fn query_ticket_only_counts_on_websocket_handshakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_gate_routes_with_403_forbidden() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate.get("/admin/panel", Some(&ticket)).await;
     assert_eq!(r.status, 403);
@@ -201,7 +190,7 @@ async fn roles_gate_routes_with_403_forbidden() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_route_admits_anonymous_and_identifies_ticket_holders() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let r = gate.get("/maybe/x", None).await;
     assert_eq!(r.status, 200);
     assert!(!r.upstream_headers().contains_key("x-session-id"));
@@ -219,7 +208,7 @@ async fn optional_route_admits_anonymous_and_identifies_ticket_holders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_are_404_no_route_and_segments_match_whole() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for p in ["/nowhere", "/publicity", "/controller/shopping"] {
         let r = gate.get(p, None).await;
         assert_eq!(r.status, 404, "{p}");
@@ -229,7 +218,7 @@ async fn unknown_paths_are_404_no_route_and_segments_match_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_cannot_escape_a_public_prefix() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     for p in [
         "/public/../admin/panel",
         "/public/%2e%2e/admin/panel",
@@ -254,7 +243,7 @@ async fn dot_segments_cannot_escape_a_public_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_uri_and_headers_get_414_and_431() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let long = format!("/public/{}", "a".repeat(9000));
     let r = gate.get(&long, None).await;
     assert_eq!(r.status, 414);
@@ -277,11 +266,8 @@ async fn refused_upstream_is_502_and_hanging_upstream_is_504() {
     let redis = Redis::spawn().await;
     let hang = Upstream::hanging().await;
     let dead = free_port();
-    let routes = format!(
-        "  - name: dead\n    kind: controller\n    path: /dead\n    upstreams: [\"127.0.0.1:{dead}\"]\n    auth: public\n  - name: slow\n    kind: controller\n    path: /slow\n    upstreams: [\"{}\"]\n    auth: public\n    timeout: 500ms\n",
-        hang.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "dead", "kind": "controller", "path": "/dead", "upstreams": [format!("127.0.0.1:{dead}")], "auth": "public"}, {"name": "slow", "kind": "controller", "path": "/slow", "upstreams": [hang.addr.to_string()], "auth": "public", "timeout": "500ms"}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let r = gate.get("/dead/x", None).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error(), "upstream_unavailable");
@@ -319,11 +305,8 @@ async fn round_robin_spreads_and_skips_a_dead_upstream() {
     let a = named("a").await;
     let b = named("b").await;
     let dead = free_port();
-    let routes = format!(
-        "  - name: rr\n    kind: controller\n    path: /rr\n    upstreams: [\"{}\", \"127.0.0.1:{dead}\", \"{}\"]\n    auth: public\n",
-        a.addr, b.addr
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = serde_json::json!([{"name": "rr", "kind": "controller", "path": "/rr", "upstreams": [a.addr.to_string(), format!("127.0.0.1:{dead}"), b.addr.to_string()], "auth": "public"}]);
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let mut served = std::collections::BTreeMap::new();
     for _ in 0..9 {
         let r = gate.get("/rr/x", None).await;
@@ -349,7 +332,7 @@ async fn redis_outage_is_503_with_retry_after_and_recovers() {
     let port = redis.port;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes(http.addr, ws.addr))).await;
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes(http.addr, ws.addr))).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&ticket)).await.status,
@@ -390,7 +373,7 @@ async fn redis_outage_is_503_with_retry_after_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_survives_a_refusal() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     s.write_all(b"GET /controller/shop/x HTTP/1.1\r\nHost: g\r\n\r\n")
@@ -410,11 +393,9 @@ async fn grace_mode_admits_recently_seen_sessions_through_an_outage() {
     let mut redis = Redis::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&redis).routes(&routes(http.addr, ws.addr));
-    setup.store = format!(
-        "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n  on_unavailable: grace\n  grace: 30s\n",
-        redis.url()
-    );
+    let setup = Setup::redis(&redis)
+        .routes(routes(http.addr, ws.addr))
+        .patch(json!({"store": {"on_unavailable": "grace", "grace": "30s"}}));
     let gate = Gate::start(&setup).await;
     let (seen, _) = gate.login("alice", "wonderland").await;
     let (unseen, _) = gate.login("bob", "builder").await;
@@ -436,7 +417,7 @@ async fn grace_mode_admits_recently_seen_sessions_through_an_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_and_harm_nothing() {
-    let (_r, _h, _w, gate) = setup().await;
+    let (_r, _h, _w, gate) = standard_gate(json!({})).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let huge = format!(
         "GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
@@ -467,8 +448,9 @@ async fn sentinel_failover_is_followed() {
     let set = SentinelSet::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&set.master).routes(&routes(http.addr, ws.addr));
-    setup.store = set.store_yaml();
+    let setup = Setup::redis(&set.master)
+        .routes(routes(http.addr, ws.addr))
+        .store(set.store());
     let gate = Gate::start(&setup).await;
     let (before, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
@@ -525,8 +507,9 @@ async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
     let set = SentinelSet::spawn().await;
     let http = Upstream::http().await;
     let ws = Upstream::ws().await;
-    let mut setup = Setup::redis(&set.master).routes(&routes(http.addr, ws.addr));
-    setup.store = set.store_yaml();
+    let setup = Setup::redis(&set.master)
+        .routes(routes(http.addr, ws.addr))
+        .store(set.store());
     let gate = Gate::start(&setup).await;
     let other = Gate::start(&setup).await;
     let (alice, _) = gate.login("alice", "wonderland").await;
@@ -594,15 +577,15 @@ async fn a_frozen_sentinel_master_is_left_for_its_replica_on_every_gate() {
 async fn redis_over_tls_is_verified_against_the_configured_ca() {
     let redis = RedisTls::spawn().await;
     let http = Upstream::http().await;
-    let store = |tls: &str| Setup {
-        store: format!(
-            "store:\n  kind: redis\n  url: {}\n  timeout: 500ms\n{tls}",
-            redis.url()
-        ),
-        ..Setup::memory()
+    let store = |tls: Value| {
+        let mut store = json!({"kind": "redis", "url": redis.url(), "timeout": "500ms"});
+        if !tls.is_null() {
+            store["tls"] = tls;
+        }
+        Setup::memory().store(store)
     };
-    let trusted = store(&format!("  tls:\n    ca_file: {}\n", redis.ca.display()));
-    let gate = Gate::start(&trusted.routes(&routes(http.addr, http.addr))).await;
+    let trusted = store(json!({"ca_file": redis.ca}));
+    let gate = Gate::start(&trusted.routes(routes(http.addr, http.addr))).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     assert_eq!(
         gate.get("/controller/shop/x", Some(&ticket)).await.status,
@@ -610,7 +593,7 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     );
     assert_eq!(gate.admin_req("GET", "/readyz").await.status, 200);
 
-    let untrusted = Gate::start(&store("").routes(&routes(http.addr, http.addr))).await;
+    let untrusted = Gate::start(&store(Value::Null).routes(routes(http.addr, http.addr))).await;
     let r = untrusted.try_login("alice", "wonderland").await;
     assert_eq!((r.status, r.error()), (503, "store_unavailable".to_owned()));
     assert_eq!(untrusted.admin_req("GET", "/readyz").await.status, 503);
@@ -625,12 +608,12 @@ async fn a_tls_upstream_is_verified_against_the_routes_ca() {
     let dir = scratch_dir("https");
     let certs = TestCerts::make(&dir);
     let up = Upstream::https(&certs).await;
-    let routes = format!(
-        "  - name: secure\n    kind: controller\n    path: /secure\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{ca_file: \"{ca}\"}}\n  - name: untrusted\n    kind: controller\n    path: /untrusted\n    upstreams: [\"{a}\"]\n    auth: required\n    tls: {{}}\n",
-        a = up.addr,
-        ca = certs.ca.display()
-    );
-    let gate = Gate::start(&Setup::redis(&redis).routes(&routes)).await;
+    let routes = {
+        let a = up.addr;
+        let ca = certs.ca.display();
+        serde_json::json!([{"name": "secure", "kind": "controller", "path": "/secure", "upstreams": [a.to_string()], "auth": "required", "tls": {"ca_file": ca.to_string()}}, {"name": "untrusted", "kind": "controller", "path": "/untrusted", "upstreams": [a.to_string()], "auth": "required", "tls": {}}])
+    };
+    let gate = Gate::start(&Setup::redis(&redis).routes(routes)).await;
     let (ticket, _) = gate.login("alice", "wonderland").await;
     let r = gate.get("/secure/x", Some(&ticket)).await;
     assert_eq!((r.status, r.text()), (200, "tls:u-alice".to_owned()));

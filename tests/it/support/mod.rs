@@ -1,11 +1,13 @@
-//! Test harness: real processes on free loopback ports, each test its own.
+//! Test harness: real processes on loopback, each test its own.
 //!
 //! `Redis::spawn()` starts a private `redis-server`; `Upstream::http()` /
-//! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime;
-//! `Gate::start(&Setup::redis(&redis).routes(..))` (or `Gate::start_yaml` for
-//! a config of the test's own) runs the real `sessiongate` binary and waits
-//! until it answers `/healthz` and accepts connections. Everything is killed
-//! on drop.
+//! `Upstream::ws()` serve the built-in echo upstreams in the test's runtime
+//! (bound to port 0); `Gate::start(&Setup::redis(&redis).routes(..))` runs
+//! the real `sessiongate` binary on a config built as data ([`Setup`], JSON
+//! merge patches) or, with `Gate::start_yaml`, on a config text of the test's
+//! own; it binds port 0, the harness learns its ports from `run --ready-file`
+//! and waits until it answers `/healthz`. `standard_gate` is the usual bed of
+//! all of these. Everything is killed on drop.
 //! Waiting is done by probing readiness, never by fixed sleeps.
 
 #![allow(dead_code)]
@@ -51,11 +53,9 @@ where
 }
 
 pub fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "sg-test-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("sg-test-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).expect("scratch dir");
     d
 }
@@ -67,7 +67,7 @@ pub struct Redis {
 
 impl Redis {
     pub async fn spawn() -> Redis {
-        Self::spawn_on(free_port()).await
+        Self::spawn_free(|_| (Vec::new(), ())).await.0
     }
 
     pub async fn spawn_on(port: u16) -> Redis {
@@ -76,6 +76,29 @@ impl Redis {
 
     /// A redis-server with extra arguments (e.g. `--replicaof 127.0.0.1 P`).
     pub async fn spawn_with(port: u16, extra: &[&str]) -> Redis {
+        Self::try_spawn(port, extra)
+            .await
+            .unwrap_or_else(|| panic!("redis-server exited at start on {port}"))
+    }
+
+    /// A redis-server on a free port, with the extra arguments (and whatever
+    /// the caller keeps of them) `args(port)` gives. redis-server cannot bind
+    /// port 0 and say which port it got, so a port another test took between
+    /// the pick and the bind is tried again on a new one.
+    pub async fn spawn_free<T>(args: impl Fn(u16) -> (Vec<String>, T)) -> (Redis, T) {
+        for _ in 0..5 {
+            let port = free_port();
+            let (extra, kept) = args(port);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            if let Some(r) = Self::try_spawn(port, &extra).await {
+                return (r, kept);
+            }
+        }
+        panic!("redis-server found no free port in 5 tries");
+    }
+
+    /// Starts a redis-server; `None` when it exits at start (its port is taken).
+    async fn try_spawn(port: u16, extra: &[&str]) -> Option<Redis> {
         // Its own working directory: a replica's full sync makes the master
         // write dump.rdb to its cwd, and a redis-server started in a folder
         // holding one loads it, so a shared cwd leaks sessions between tests.
@@ -98,17 +121,24 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (make test installs it)");
-        let r = Redis { child, port };
-        let ok = eventually(Duration::from_secs(10), || async {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            s.write_all(b"PING\r\n").await.ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
-        })
-        .await;
-        assert!(ok.is_some(), "redis-server did not come up on {port}");
-        r
+        let pid = child.id();
+        let mut r = Redis { child, port };
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The server that answers must be this one, not another test's
+            // that holds the port.
+            if is_redis_pid(port, pid).await {
+                return Some(r);
+            }
+            if let Ok(Some(_)) = r.child.try_wait() {
+                return None;
+            }
+            assert!(
+                Instant::now() < end,
+                "redis-server did not come up on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn url(&self) -> String {
@@ -132,6 +162,31 @@ impl Redis {
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status();
     }
+}
+
+/// Whether the server answering on `port` is the process `pid` (`INFO
+/// server` names its `process_id`).
+async fn is_redis_pid(port: u16, pid: u32) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"INFO server\r\n").await.is_err() {
+        return false;
+    }
+    let want = format!("process_id:{pid}\r\n");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        // The reply's last field ends in a blank line of its own.
+        while !got.ends_with(b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let _ = read.await;
+    String::from_utf8_lossy(&got).contains(&want)
 }
 
 impl Drop for Redis {
@@ -235,25 +290,30 @@ impl RedisTls {
     pub async fn spawn() -> RedisTls {
         let dir = scratch_dir("tls");
         let certs = TestCerts::make(&dir);
-        let tls_port = free_port().to_string();
         let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_owned();
         let (cert, key, ca) = (s(&certs.cert), s(&certs.key), s(&certs.ca));
-        let args = [
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        let redis = Redis::spawn_with(free_port(), &args).await;
+        let (redis, tls_port) = Redis::spawn_free(|_| {
+            let tls_port = free_port();
+            let args = [
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .map(str::to_owned)
+            .into();
+            (args, tls_port)
+        })
+        .await;
         RedisTls {
             redis,
-            tls_port: tls_port.parse().expect("port"),
+            tls_port,
             ca: certs.ca,
             dir,
         }
@@ -289,32 +349,35 @@ impl RedisCluster {
     /// `masters` masters with `replicas_each` replicas each.
     pub async fn spawn_shaped(masters: usize, replicas_each: usize) -> RedisCluster {
         let dir = scratch_dir("cluster");
-        let mut args = Vec::new();
-        for _ in 0..masters * (1 + replicas_each) {
-            let port = free_port();
-            let conf = dir.join(format!("nodes-{port}.conf"));
-            let node: Vec<String> = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                conf.to_str().expect("utf-8 path"),
-                "--cluster-port",
-                &free_port().to_string(),
-                "--cluster-node-timeout",
-                "2000",
-                "--dir",
-                dir.to_str().expect("utf-8 path"),
-            ]
-            .map(str::to_owned)
-            .into();
-            args.push((port, node));
-        }
         let mut c = RedisCluster {
             nodes: Vec::new(),
-            args,
+            args: Vec::new(),
             dir,
         };
-        c.start_nodes().await;
+        for _ in 0..masters * (1 + replicas_each) {
+            let dir = c.dir.clone();
+            let (node, args) = Redis::spawn_free(|port| {
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                let args: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().expect("utf-8 path"),
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--dir",
+                    dir.to_str().expect("utf-8 path"),
+                ]
+                .map(str::to_owned)
+                .into();
+                (args.clone(), args)
+            })
+            .await;
+            c.args.push((node.port, args));
+            c.nodes.push(node);
+        }
         let addrs: Vec<String> = c
             .nodes
             .iter()
@@ -564,99 +627,136 @@ pub fn users_file(dir: &std::path::Path) -> PathBuf {
     p
 }
 
-/// Options for the standard test config.
+/// Stands for the standard users file in a [`Setup`]: [`Setup::text`] puts
+/// the path of the one it was given there.
+pub const USERS: &str = "{users}";
+
+/// The standard test config as data. A test changes it with merge patches
+/// (RFC 7386: objects merge key by key, `null` removes a key, anything else,
+/// arrays included, replaces), and [`Setup::text`] writes it as JSON, which
+/// the gate reads as the YAML it is.
+#[derive(Clone, Debug)]
 pub struct Setup {
-    pub store: String,
-    pub sessions: String,
-    pub routes: String,
-    pub login_extra: String,
-    pub extra: String,
+    config: serde_json::Value,
 }
 
 impl Setup {
     pub fn redis(r: &Redis) -> Setup {
-        Setup {
-            store: format!(
-                "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n",
-                r.url()
-            ),
-            sessions: String::new(),
-            routes: String::new(),
-            login_extra: String::new(),
-            extra: String::new(),
-        }
+        Self::on_store(serde_json::json!({"kind": "redis", "url": r.url(), "timeout": "200ms"}))
     }
 
     pub fn cluster(c: &RedisCluster) -> Setup {
-        let nodes: Vec<String> = c.urls().iter().map(|u| format!("\"{u}\"")).collect();
-        Setup {
-            store: format!(
-                "store:\n  kind: redis\n  cluster: [{}]\n  timeout: 500ms\n",
-                nodes.join(", ")
-            ),
-            sessions: String::new(),
-            routes: String::new(),
-            login_extra: String::new(),
-            extra: String::new(),
-        }
+        Self::on_store(
+            serde_json::json!({"kind": "redis", "cluster": c.urls(), "timeout": "500ms"}),
+        )
     }
 
     pub fn memory() -> Setup {
+        Self::on_store(serde_json::json!({"kind": "memory"}))
+    }
+
+    /// The standard config on `store`: one key, the users file with cheap
+    /// rate limits, a short grace period and a placeholder route.
+    pub fn on_store(store: serde_json::Value) -> Setup {
         Setup {
-            store: "store:\n  kind: memory\n".into(),
-            sessions: String::new(),
-            routes: String::new(),
-            login_extra: String::new(),
-            extra: String::new(),
+            config: serde_json::json!({
+                "admin": {"token": ADMIN_TOKEN},
+                "store": store,
+                "tickets": {
+                    "keys": [{"id": "k1", "secret": SECRET}],
+                    "cookie": {"name": "sg_ticket", "secure": false},
+                },
+                "login": {
+                    "users_file": USERS,
+                    "rate_limit": {"per_ip": "1000/min", "per_user": "1000/min"},
+                },
+                "server": {"grace_period": "5s", "shutdown_timeout": "2s"},
+                "routes": [{
+                    "name": "none", "kind": "controller", "path": "/none",
+                    "upstreams": ["127.0.0.1:9"], "auth": "public",
+                }],
+            }),
         }
     }
 
-    pub fn sessions(mut self, yaml: &str) -> Setup {
-        self.sessions = yaml.to_owned();
+    /// Applies a merge patch to the whole config.
+    pub fn patch(mut self, patch: serde_json::Value) -> Setup {
+        merge_patch(&mut self.config, patch);
         self
     }
 
-    /// Route entries (each starting with `  - name:`).
-    pub fn routes(mut self, yaml: &str) -> Setup {
-        self.routes = yaml.to_owned();
+    /// Replaces the `store` block.
+    pub fn store(mut self, store: serde_json::Value) -> Setup {
+        self.config["store"] = store;
         self
     }
 
-    pub fn login_extra(mut self, yaml: &str) -> Setup {
-        self.login_extra = yaml.to_owned();
+    pub fn sessions(self, sessions: serde_json::Value) -> Setup {
+        self.patch(serde_json::json!({ "sessions": sessions }))
+    }
+
+    /// Replaces the routes (an array of route objects).
+    pub fn routes(mut self, routes: serde_json::Value) -> Setup {
+        self.config["routes"] = routes;
         self
     }
 
-    pub fn extra(mut self, yaml: &str) -> Setup {
-        self.extra = yaml.to_owned();
-        self
+    pub fn login(self, login: serde_json::Value) -> Setup {
+        self.patch(serde_json::json!({ "login": login }))
     }
 
-    pub fn yaml(&self, listen: u16, admin: u16, users: &std::path::Path) -> String {
-        format!(
-            "listen: [\"127.0.0.1:{listen}\"]\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n  token: {ADMIN_TOKEN}\n{store}tickets:\n  keys:\n    - id: k1\n      secret: {SECRET}\n  cookie: {{name: sg_ticket, secure: false}}\n{sessions}login:\n  users_file: {users}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n{login_extra}server:\n  grace_period: 5s\n  shutdown_timeout: 2s\n{extra}routes:\n{routes}",
-            store = self.store,
-            sessions = if self.sessions.is_empty() {
-                String::new()
-            } else {
-                format!("sessions:\n{}", self.sessions)
-            },
-            users = users.display(),
-            login_extra = self.login_extra,
-            extra = self.extra,
-            routes = if self.routes.is_empty() {
-                "  - name: none\n    kind: controller\n    path: /none\n    upstreams: [\"127.0.0.1:9\"]\n    auth: public\n".to_owned()
-            } else {
-                self.routes.clone()
-            },
-        )
+    pub fn server(self, server: serde_json::Value) -> Setup {
+        self.patch(serde_json::json!({ "server": server }))
+    }
+
+    /// The config file's text, listening on `listen` and `admin` (0: the gate
+    /// picks) unless the config names its own, with `users` for [`USERS`].
+    pub fn text(&self, listen: u16, admin: u16, users: &std::path::Path) -> String {
+        let mut c = self.config.clone();
+        if c.get("listen").is_none() {
+            c["listen"] = serde_json::json!([format!("127.0.0.1:{listen}")]);
+        }
+        if let Some(a) = c.get_mut("admin").and_then(|a| a.as_object_mut()) {
+            a.entry("listen")
+                .or_insert_with(|| format!("127.0.0.1:{admin}").into());
+        }
+        if let Some(f) = c.pointer_mut("/login/users_file")
+            && f == USERS
+        {
+            *f = users.display().to_string().into();
+        }
+        serde_json::to_string_pretty(&c).expect("config as JSON")
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut serde_json::Value, patch: serde_json::Value) {
+    let serde_json::Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let Some(t) = target.as_object_mut() else {
+        return;
+    };
+    for (k, v) in patch {
+        if v.is_null() {
+            t.remove(&k);
+        } else {
+            merge_patch(t.entry(k).or_insert(serde_json::Value::Null), v);
+        }
     }
 }
 
 pub struct Gate {
     child: Option<Child>,
+    /// The first plain listener (the first TLS one when there is none).
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listeners, as bound.
+    pub tls: Vec<SocketAddr>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -671,27 +771,25 @@ impl Gate {
     pub async fn start(setup: &Setup) -> Gate {
         let dir = scratch_dir("gate");
         let users = users_file(&dir);
-        let (listen, admin) = (free_port(), free_port());
-        let yaml = setup.yaml(listen, admin, &users);
-        Self::start_yaml(dir, &yaml, listen, admin, &[]).await
+        Self::start_yaml(dir, &setup.text(0, 0, &users), &[]).await
     }
 
-    pub async fn start_yaml(
-        dir: PathBuf,
-        yaml: &str,
-        listen: u16,
-        admin: u16,
-        args: &[&str],
-    ) -> Gate {
+    /// Starts the gate on a config of the test's own (port 0 lets the gate
+    /// pick its ports) and learns the bound addresses from its ready file.
+    pub async fn start_yaml(dir: PathBuf, yaml: &str, args: &[&str]) -> Gate {
         let config = dir.join("sessiongate.yaml");
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.join("gate.log");
+        let ready_file = dir.join("ready.json");
+        let _ = std::fs::remove_file(&ready_file);
         let logf = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
             .args(args)
             .arg("run")
             .arg("-c")
             .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("SESSIONGATE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(logf)
@@ -699,19 +797,59 @@ impl Gate {
             .expect("spawn sessiongate");
         let mut g = Gate {
             child: Some(child),
-            addr: format!("127.0.0.1:{listen}").parse().expect("addr"),
-            admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            admin: "0.0.0.0:0".parse().expect("addr"),
+            tls: Vec::new(),
             dir,
             config,
             log,
-            admin_prefix: if yaml.contains("proxy_protocol: true") {
-                format!("PROXY TCP4 127.0.0.1 127.0.0.1 40000 {admin}\r\n")
-            } else {
-                String::new()
-            },
+            admin_prefix: String::new(),
         };
+        let ready = g.ready_file(&ready_file).await;
+        let addrs = |k: &str| -> Vec<SocketAddr> {
+            serde_json::from_value(ready[k].clone()).expect("addresses in the ready file")
+        };
+        let (listen, tls) = (addrs("listen"), addrs("tls_listen"));
+        g.tls = tls.clone();
+        // A gate with only TLS listeners is reached on the first of them.
+        g.addr = *listen.first().or(tls.first()).expect("a listener");
+        g.admin = serde_json::from_value(ready["admin"].clone()).expect("admin address");
+        // The config is JSON when a Setup wrote it, else a test's own YAML.
+        let proxy_protocol = match serde_json::from_str::<serde_json::Value>(yaml) {
+            Ok(v) => v.pointer("/clients/proxy_protocol") == Some(&serde_json::Value::Bool(true)),
+            Err(_) => yaml.contains("proxy_protocol: true"),
+        };
+        if proxy_protocol {
+            g.admin_prefix = format!(
+                "PROXY TCP4 127.0.0.1 127.0.0.1 40000 {}\r\n",
+                g.admin.port()
+            );
+        }
         g.wait_ready().await;
         g
+    }
+
+    /// Waits for `run --ready-file` to appear (written once every listener
+    /// accepts connections) and parses it.
+    async fn ready_file(&mut self, path: &std::path::Path) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(20);
+        let exited = loop {
+            if let Ok(text) = std::fs::read(path) {
+                return serde_json::from_slice(&text).expect("ready file JSON");
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > end {
+                break exited;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        panic!(
+            "gate wrote no ready file (exit: {exited:?}); log:\n{}",
+            self.logs()
+        )
     }
 
     async fn wait_ready(&mut self) {
@@ -735,12 +873,6 @@ impl Gate {
                 self.logs()
             );
         }
-        let gate = self.addr;
-        eventually(Duration::from_secs(10), || async {
-            TcpStream::connect(gate).await.ok().map(|_| ())
-        })
-        .await
-        .expect("gate listener up");
     }
 
     pub fn logs(&self) -> String {
@@ -930,72 +1062,31 @@ pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<R
 }
 
 /// Standard routes for the proxy tests.
-pub fn routes(http: SocketAddr, ws: SocketAddr) -> String {
-    format!(
-        r#"  - name: chat
-    kind: gateway
-    path: /gateway/chat
-    upstreams: ["{ws}"]
-    auth: required
-    roles: [player]
-    origins: ["https://app.example.com"]
-  - name: shop
-    kind: controller
-    path: /controller/shop
-    strip_prefix: true
-    upstreams: ["{http}"]
-    auth: required
-  - name: admin-area
-    kind: controller
-    path: /admin
-    upstreams: ["{http}"]
-    auth: required
-    roles: [admin]
-  - name: public
-    kind: controller
-    path: /public
-    upstreams: ["{http}"]
-    auth: public
-  - name: maybe
-    kind: controller
-    path: /maybe
-    upstreams: ["{http}"]
-    auth: optional
-"#
-    )
-}
-
-/// The same file as [`users_file`], whose hashes are now cheap too; kept
-/// for the tests that name `{cheap_users}` in [`Gate::start_with_login`].
-pub fn cheap_users_file(dir: &std::path::Path) -> PathBuf {
-    users_file(dir)
+pub fn routes(http: SocketAddr, ws: SocketAddr) -> serde_json::Value {
+    let route = |name: &str, path: &str, auth: &str| {
+        serde_json::json!({
+            "name": name, "kind": "controller", "path": path,
+            "upstreams": [http.to_string()], "auth": auth,
+        })
+    };
+    let mut shop = route("shop", "/controller/shop", "required");
+    shop["strip_prefix"] = true.into();
+    let mut admin = route("admin-area", "/admin", "required");
+    admin["roles"] = serde_json::json!(["admin"]);
+    serde_json::json!([
+        {
+            "name": "chat", "kind": "gateway", "path": "/gateway/chat",
+            "upstreams": [ws.to_string()], "auth": "required",
+            "roles": ["player"], "origins": ["https://app.example.com"],
+        },
+        shop,
+        admin,
+        route("public", "/public", "public"),
+        route("maybe", "/maybe", "optional"),
+    ])
 }
 
 impl Gate {
-    /// Like [`Gate::start`], with the lines under `login:` replaced by
-    /// `login` (each indented two spaces), for a delegate or low rate limits.
-    /// In `login`, `{users}` (or its older name `{cheap_users}`) stands for
-    /// the standard users file.
-    pub async fn start_with_login(setup: &Setup, login: &str) -> Gate {
-        let dir = scratch_dir("gate");
-        let users = users_file(&dir);
-        let (listen, admin) = (free_port(), free_port());
-        let yaml = setup.yaml(listen, admin, &users);
-        let standard = format!(
-            "login:\n  users_file: {}\n  rate_limit: {{per_ip: 1000/min, per_user: 1000/min}}\n",
-            users.display()
-        );
-        assert!(
-            yaml.contains(&standard),
-            "the standard login block changed; update start_with_login:\n{yaml}"
-        );
-        let login = login
-            .replace("{users}", &users.display().to_string())
-            .replace("{cheap_users}", &users.display().to_string());
-        let yaml = yaml.replacen(&standard, &format!("login:\n{login}"), 1);
-        Self::start_yaml(dir, &yaml, listen, admin, &[]).await
-    }
-
     /// [`Gate::send`] from another client address (any of 127.0.0.0/8), so
     /// the gate sees another client IP.
     pub async fn send_from(
@@ -1018,6 +1109,20 @@ impl Gate {
     }
 }
 
+/// The usual bed for a test: a private redis-server, the echo upstreams and
+/// a gate in front of them on the standard [`routes`], with `sessions` as its
+/// sessions block.
+pub async fn standard_gate(sessions: serde_json::Value) -> (Redis, Upstream, Upstream, Gate) {
+    let redis = Redis::spawn().await;
+    let http = Upstream::http().await;
+    let ws = Upstream::ws().await;
+    let setup = Setup::redis(&redis)
+        .sessions(sessions)
+        .routes(routes(http.addr, ws.addr));
+    let gate = Gate::start(&setup).await;
+    (redis, http, ws, gate)
+}
+
 /// A master, one replica of it, and a Sentinel that already knows the
 /// replica (until it has seen one, a Sentinel cannot promote it).
 pub struct SentinelSet {
@@ -1032,8 +1137,11 @@ impl SentinelSet {
     pub async fn spawn() -> SentinelSet {
         let master = Redis::spawn().await;
         let master_port = master.port.to_string();
-        let replica =
-            Redis::spawn_with(free_port(), &["--replicaof", "127.0.0.1", &master_port]).await;
+        let (replica, ()) = Redis::spawn_free(|_| {
+            let args = ["--replicaof", "127.0.0.1", &master_port].map(str::to_owned);
+            (args.into(), ())
+        })
+        .await;
         let sentinel = sentinel(master.port).await;
         let con = sentinel
             .client()
@@ -1062,12 +1170,16 @@ impl SentinelSet {
         }
     }
 
-    /// The `store:` block of a gate that finds the master through the Sentinel.
-    pub fn store_yaml(&self) -> String {
-        format!(
-            "store:\n  kind: redis\n  sentinel: {{master: mymaster, nodes: [\"redis://127.0.0.1:{}\"]}}\n  timeout: 300ms\n",
-            self.sentinel.port
-        )
+    /// The `store` of a gate that finds the master through the Sentinel.
+    pub fn store(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "redis",
+            "sentinel": {
+                "master": "mymaster",
+                "nodes": [format!("redis://127.0.0.1:{}", self.sentinel.port)],
+            },
+            "timeout": "300ms",
+        })
     }
 
     /// The port the Sentinel names as the master now.
@@ -1111,17 +1223,21 @@ pub async fn wait_replicated(master: &Redis) -> bool {
 /// call a master down, quorum 1.
 pub async fn sentinel(master: u16) -> Redis {
     let dir = scratch_dir("sentinel");
-    let port = free_port();
     let conf = dir.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "sentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
-        ),
-    )
-    .expect("sentinel conf");
     let conf = conf.display().to_string();
-    Redis::spawn_with(port, &[conf.as_str(), "--sentinel"]).await
+    Redis::spawn_free(|_| {
+        // A Sentinel rewrites its config file: a fresh one per try.
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
+            ),
+        )
+        .expect("sentinel conf");
+        (vec![conf.clone(), "--sentinel".to_owned()], ())
+    })
+    .await
+    .0
 }
 
 /// A WebSocket client of the gate's `/gateway/chat` (the [`routes`] gateway).
