@@ -1,5 +1,5 @@
-//! The gate's two per-node caches: verified tickets ([`TicketCache`], keyed by a hash of the
-//! ticket's text) and session liveness ([`LivenessCache`], voided by generation-stamped
+//! The gate's two per-node caches: verified tickets ([`TicketCache`], found by a hash of the
+//! ticket's signature and confirmed against its whole text) and session liveness ([`LivenessCache`], voided by generation-stamped
 //! forgets so a store answer older than a revoke never vouches for the session). Both are
 //! bounded by byte budgets from the config.
 
@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 
+use crate::identity::WireName;
 use crate::session::Liveness;
 use crate::store::Rules;
 use crate::ticket::Claims;
@@ -17,19 +18,19 @@ use crate::ticket::Claims;
 /// every request presenting the same ticket.
 pub struct Admitted {
     pub claims: Claims,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The ticket's signature segment: a cache hit on the ticket's hash is
-    /// confirmed against it, so a hash collision never lends one ticket's
-    /// identity to another text.
-    signature: Box<str>,
+    pub headers: Vec<(WireName, HeaderValue)>,
+    /// The ticket's whole text: a hit on the key is confirmed byte for byte
+    /// against it, so no other text (a tampered payload under a real
+    /// signature, a hash collision) is ever taken for the verified ticket.
+    ticket: Box<str>,
 }
 
 impl Admitted {
-    pub fn new(claims: Claims, headers: Vec<(HeaderName, HeaderValue)>, ticket: &str) -> Admitted {
+    pub fn new(claims: Claims, headers: Vec<(WireName, HeaderValue)>, ticket: &str) -> Admitted {
         Admitted {
             claims,
             headers,
-            signature: signature_of(ticket).into(),
+            ticket: ticket.into(),
         }
     }
 
@@ -48,9 +49,9 @@ impl Admitted {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 64)
+            .map(|(n, v)| n.len() + v.len() + 64)
             .sum();
-        let total = std::mem::size_of::<Admitted>() + claims + headers + self.signature.len();
+        let total = std::mem::size_of::<Admitted>() + claims + headers + self.ticket.len();
         u32::try_from(total + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 }
@@ -65,10 +66,12 @@ const ENTRY_OVERHEAD: usize = 160;
 /// A verified ticket is re-verified at least this often even while repeated.
 const TICKET_CACHE_TTL: Duration = Duration::from_secs(600);
 
-/// Verified tickets by a keyed hash of their text: a repeat of a ticket skips
-/// the HMAC, the JSON decoding and the header building. Only the expiry is
-/// re-checked; the session's liveness is checked on every request
-/// regardless. Bounded by an estimate of the bytes it holds
+/// Verified tickets: a repeat of a ticket (byte for byte the same text)
+/// skips the HMAC, the JSON decoding and the header building. Only the
+/// expiry is re-checked; the session's liveness is checked on every request
+/// regardless. The key is a keyed hash of the signature segment alone (43
+/// bytes to hash instead of the whole ticket; an HMAC output is already
+/// unique to its text), and every hit is compared with the whole text. Bounded by an estimate of the bytes it holds
 /// (`tickets.cache_max_bytes`), evicting the least used first, entry by
 /// entry. Lives in the config's `Settings`, so a reload (new keys) starts it empty.
 pub struct TicketCache {
@@ -90,7 +93,15 @@ impl TicketCache {
 
     fn key(&self, ticket: &str) -> u64 {
         use std::hash::BuildHasher as _;
-        self.hasher.hash_one(ticket)
+        self.hasher.hash_one(signature_of(ticket))
+    }
+
+    /// The entry for exactly this text, whatever its expiry.
+    fn exact(&self, ticket: &str) -> Option<Arc<Admitted>> {
+        use subtle::ConstantTimeEq as _;
+        self.map
+            .get(&self.key(ticket))
+            .filter(|a| bool::from(a.ticket.as_bytes().ct_eq(ticket.as_bytes())))
     }
 
     pub(crate) fn get(
@@ -99,15 +110,14 @@ impl TicketCache {
         now_secs: u64,
         leeway_secs: u64,
     ) -> Option<Arc<Admitted>> {
-        use subtle::ConstantTimeEq as _;
-        self.map.get(&self.key(ticket)).filter(|a| {
-            a.claims.exp.saturating_add(leeway_secs) > now_secs
-                && bool::from(
-                    a.signature
-                        .as_bytes()
-                        .ct_eq(signature_of(ticket).as_bytes()),
-                )
-        })
+        self.exact(ticket)
+            .filter(|a| a.claims.exp.saturating_add(leeway_secs) > now_secs)
+    }
+
+    /// Whether this exact text was verified (signed by a key of this config's
+    /// ring: the cache is the config's own), expired since or not.
+    pub(crate) fn holds(&self, ticket: &str) -> bool {
+        self.exact(ticket).is_some()
     }
 
     pub(crate) fn put(&self, ticket: &str, admitted: Arc<Admitted>) {

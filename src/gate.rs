@@ -136,20 +136,11 @@ impl Gate {
         now: u64,
     ) -> Result<Arc<Admitted>, Reject> {
         let ticket = ticket.ok_or(Reject::MissingTicket)?;
-        let now_secs = now / 1000;
-        let admitted = match s.tickets.get(ticket, now_secs, s.keys.leeway_secs()) {
-            Some(a) => a,
-            None => {
-                let claims = s.keys.verify(ticket, now_secs).map_err(|e| {
-                    tracing::debug!(reason = %e, "ticket rejected");
-                    Reject::InvalidTicket
-                })?;
-                let headers = s.identity.for_claims(&claims);
-                let a = Arc::new(Admitted::new(claims, headers, ticket));
-                s.tickets.put(ticket, Arc::clone(&a));
-                a
-            }
-        };
+        // A ticket seen before in exactly these bytes skips the HMAC (`Settings::verified`).
+        let admitted = s.verified(ticket, now / 1000).map_err(|e| {
+            tracing::debug!(reason = %e, "ticket rejected");
+            Reject::InvalidTicket
+        })?;
         self.liveness(s, &admitted.claims.sid, now).await?;
         Ok(admitted)
     }
@@ -781,6 +772,45 @@ pub(crate) mod tests {
         let checks = store.checks.load(Ordering::SeqCst);
         assert_eq!(gate.recheck(&s, "sid-ws2", since).await, Ok(()));
         assert_eq!(store.checks.load(Ordering::SeqCst), checks);
+    }
+
+    /// Issue 13: a cached ticket skips the HMAC only for its exact bytes. After the good
+    /// ticket is cached, the same ticket with one byte of its signature changed (and one
+    /// with its payload changed under the real signature) is still refused with SPEC's
+    /// `invalid_ticket`, and neither displaces the good one.
+    #[tokio::test]
+    async fn a_tampered_ticket_is_refused_after_the_good_one_was_cached() {
+        let now = now_ms();
+        let store = Arc::new(Wrapped::new(Duration::ZERO));
+        let (gate, ticket) = gate_with_session(store.clone(), "sid-tamper", now).await;
+        let s = gate.settings();
+        gate.admit(&s, Some(&ticket), now).await.unwrap();
+        assert!(s.tickets.holds(&ticket), "the good ticket is cached");
+
+        let flip = |at: usize| {
+            let mut b = ticket.clone().into_bytes();
+            b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(b).unwrap()
+        };
+        let sig_at = ticket.rfind('.').unwrap() + 10;
+        let payload_at = ticket.find('.').unwrap() + 5;
+        for forged in [flip(sig_at), flip(payload_at)] {
+            assert_ne!(forged, ticket);
+            let r = gate.admit(&s, Some(&forged), now).await.map(|_| ());
+            assert_eq!(r, Err(Reject::InvalidTicket), "{forged}");
+            assert!(!s.tickets.holds(&forged));
+            assert!(
+                !s.is_gate_ticket(&forged, now / 1000),
+                "not the gate's ticket"
+            );
+        }
+        assert_eq!(
+            Reject::InvalidTicket.status_and_code(),
+            (401, "invalid_ticket")
+        );
+        // The good ticket still admits, from the cache.
+        gate.admit(&s, Some(&ticket), now).await.unwrap();
+        assert!(s.is_gate_ticket(&ticket, now / 1000));
     }
 
     /// Item 5: one method writes, publishes and invalidates.

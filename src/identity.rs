@@ -1,7 +1,11 @@
 //! The identity headers (SPEC 5) under one configured prefix: their names, built once per
 //! config; which client-sent headers are spellings of them (any case, `_` for `-`) and so
 //! never reach an upstream; and the headers an admitted ticket's claims yield.
+//!
+//! Names are kept as the `Bytes` Pingora's `insert_header` takes as they are: handed a
+//! `HeaderName`, it copies the name into a new buffer on every insert to keep its case map.
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::ticket::Claims;
@@ -11,16 +15,20 @@ use crate::ticket::Claims;
 #[error("identity.header_prefix: {0}")]
 pub struct BadPrefix(#[source] pub http::header::InvalidHeaderName);
 
+/// A header name checked at config load (or ticket verification), lowercase as `HeaderName`
+/// spells it, shared by reference count with every request that inserts it.
+pub type WireName = Bytes;
+
 /// Identity header names, built once per config.
 pub struct IdentityHeaders {
     /// The prefix lowercased with `_` read as `-`, for the strip: a WSGI or
     /// CGI upstream reads `X_Session_User` as `HTTP_X_SESSION_USER`, the same
     /// variable as `X-Session-User`.
     pub prefix_lower: String,
-    pub id: HeaderName,
-    pub user: HeaderName,
-    pub name: HeaderName,
-    pub roles: HeaderName,
+    pub id: WireName,
+    pub user: WireName,
+    pub name: WireName,
+    pub roles: WireName,
     /// `<prefix>Var-`, to which a var's key is appended.
     pub var_prefix: String,
 }
@@ -28,7 +36,9 @@ pub struct IdentityHeaders {
 impl IdentityHeaders {
     pub fn new(prefix: &str) -> Result<IdentityHeaders, BadPrefix> {
         let h = |suffix: &str| {
-            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()).map_err(BadPrefix)
+            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .map(|n| wire(&n))
+                .map_err(BadPrefix)
         };
         Ok(IdentityHeaders {
             prefix_lower: prefix.to_ascii_lowercase().replace('_', "-"),
@@ -52,9 +62,9 @@ impl IdentityHeaders {
     }
 
     /// The headers an admitted request carries upstream.
-    pub fn for_claims(&self, c: &Claims) -> Vec<(HeaderName, HeaderValue)> {
+    pub fn for_claims(&self, c: &Claims) -> Vec<(WireName, HeaderValue)> {
         let mut out = Vec::with_capacity(4 + c.vars.len());
-        let mut push = |name: HeaderName, value: &str| {
+        let mut push = |name: WireName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 out.push((name, v));
             }
@@ -65,9 +75,14 @@ impl IdentityHeaders {
         push(self.roles.clone(), &c.roles.join(","));
         for (k, v) in &c.vars {
             if let Ok(name) = HeaderName::from_bytes(format!("{}{k}", self.var_prefix).as_bytes()) {
-                push(name, v);
+                push(wire(&name), v);
             }
         }
         out
     }
+}
+
+/// A checked name as the bytes Pingora inserts without copying.
+fn wire(name: &HeaderName) -> WireName {
+    Bytes::copy_from_slice(name.as_str().as_bytes())
 }

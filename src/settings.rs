@@ -3,14 +3,15 @@
 //! new one and the gate swaps it in atomically, so a request sees one config from start to end.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::cache::TicketCache;
+use crate::cache::{Admitted, TicketCache};
 use crate::clock::ms;
 use crate::config::{Config, UserEntry};
 use crate::identity::{BadPrefix, IdentityHeaders};
 use crate::route::RouteTable;
 use crate::store::Rules;
-use crate::ticket::{Key, KeyRing};
+use crate::ticket::{Key, KeyRing, TicketError};
 use crate::upstream_tls::{UpstreamTls, UpstreamTlsError};
 
 /// How long a dead session stays readable (and listed) after its
@@ -95,6 +96,38 @@ impl Settings {
     /// The upstream TLS material of the route at `index` in `routes`.
     pub fn upstream_tls(&self, index: usize) -> Option<&UpstreamTls> {
         self.upstream_tls.get(index).and_then(Option::as_ref)
+    }
+
+    /// A ticket that admits at `now_secs` by this config's keys, with the identity headers
+    /// it yields: from the ticket cache when this exact text was verified before (no HMAC,
+    /// no JSON), else verified and kept there. The session's liveness is not checked here.
+    pub fn verified(&self, ticket: &str, now_secs: u64) -> Result<Arc<Admitted>, TicketError> {
+        if let Some(a) = self.tickets.get(ticket, now_secs, self.keys.leeway_secs()) {
+            return Ok(a);
+        }
+        let claims = self.keys.verify(ticket, now_secs)?;
+        let headers = self.identity.for_claims(&claims);
+        let a = Arc::new(Admitted::new(claims, headers, ticket));
+        self.tickets.put(ticket, Arc::clone(&a));
+        Ok(a)
+    }
+
+    /// Whether `ticket` is signed by one of this config's keys, whatever its claims say
+    /// ([`KeyRing::is_signed`]): such a ticket never travels upstream. Every request that
+    /// carries one asks, on every route, so a ticket that would admit is verified once and
+    /// cached ([`Settings::verified`]) and its repeats cost a cache lookup, not an HMAC.
+    pub fn is_gate_ticket(&self, ticket: &str, now_secs: u64) -> bool {
+        if self.tickets.holds(ticket) {
+            return true;
+        }
+        match self.verified(ticket, now_secs) {
+            Ok(_) => true,
+            // Refused for its claims only: the signature held.
+            Err(TicketError::Expired | TicketError::NotYetValid | TicketError::WrongIssuer) => true,
+            // Perhaps a good signature over claims that do not parse: ask the signature alone.
+            Err(TicketError::Malformed) => self.keys.is_signed(ticket),
+            Err(_) => false,
+        }
     }
 
     pub fn ttl_ms(&self) -> u64 {

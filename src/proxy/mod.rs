@@ -161,6 +161,7 @@ impl Ctx {
             client: self.client.as_ref(),
             scheme: self.scheme(),
             http2,
+            now_secs: now_ms() / 1000,
         }
     }
 

@@ -3,6 +3,8 @@
 //! and prefix-stripped, identity and `X-Forwarded-*` headers added), and a plain upgrade
 //! taken off. A pure function of the request head and what the gate decided ([`Forward`]).
 
+use std::borrow::Cow;
+
 use http::header;
 use pingora::prelude::*;
 
@@ -14,7 +16,20 @@ use crate::listeners::ClientAddr;
 use crate::route::Route;
 use crate::settings::Settings;
 
+// Names as `&'static str`: Pingora keeps them for its case map without copying.
 pub(super) const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// `X-Forwarded-Proto`'s value for a scheme, static for the two the gate has.
+fn proto_value(scheme: &'static str) -> http::HeaderValue {
+    match scheme {
+        "https" => http::HeaderValue::from_static("https"),
+        "http" => http::HeaderValue::from_static("http"),
+        other => http::HeaderValue::from_str(other)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("http")),
+    }
+}
 
 /// `x_forwarded_for`, `x-forwarded_proto`, …: a spelling of a forwarding
 /// header the gate sets (SPEC 6) with `_` for `-`. A CGI/WSGI upstream reads
@@ -78,9 +93,12 @@ pub(super) struct Forward<'a> {
     /// The client the gate believes (SPEC 6).
     pub client: Option<&'a ClientAddr>,
     /// The listener's scheme, `http` or `https`.
-    pub scheme: &'a str,
+    pub scheme: &'static str,
     /// The client spoke HTTP/2, so its `Cookie` may come in crumbs.
     pub http2: bool,
+    /// Now, in seconds since the Unix epoch: a Bearer ticket first seen here is verified
+    /// (and cached) as of then.
+    pub now_secs: u64,
 }
 
 /// The gate's changes to a request on its way upstream, `up` being the copy of the
@@ -107,11 +125,13 @@ pub(super) fn rewrite_request(
     // A ticket is the gate's credential, not the upstream's: an upstream
     // holding one could replay it. A Bearer value signed by one of the gate's
     // keys goes, expired or not, whatever the route and however admission
-    // went; any other use of `Authorization` passes through.
+    // went; any other use of `Authorization` passes through. A ticket seen
+    // before is known from the ticket cache, without an HMAC.
     if f.admitted.is_some() && f.ticket_from == Some(TicketFrom::Header) {
         up.remove_header(&header::AUTHORIZATION);
     }
-    let is_ticket = |v: &http::HeaderValue| bearer_token(v).is_some_and(|t| s.keys.is_signed(t));
+    let is_ticket =
+        |v: &http::HeaderValue| bearer_token(v).is_some_and(|t| s.is_gate_ticket(t, f.now_secs));
     if up
         .headers
         .get_all(header::AUTHORIZATION)
@@ -157,20 +177,26 @@ pub(super) fn rewrite_request(
     let strip_query = query.is_some_and(|q| q.contains("ticket"));
     if f.path.is_some() || route.config.strip_prefix || strip_query || f.authority.is_some() {
         let query = if strip_query {
-            query.and_then(query_without_ticket)
+            query.and_then(query_without_ticket).map(Cow::Owned)
         } else {
-            query.map(str::to_owned)
+            query.map(Cow::Borrowed)
         };
-        let pq = match query {
-            Some(q) => format!("{new_path}?{q}"),
-            None => new_path.into_owned(),
-        };
+        // One buffer of the right size, which the URI then keeps.
+        let mut pq =
+            String::with_capacity(new_path.len() + query.as_ref().map_or(0, |q| q.len() + 1));
+        pq.push_str(&new_path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(&q);
+        }
         let uri = http::Uri::builder()
             .path_and_query(pq)
             .build()
             .map_err(|e| Error::because(ErrorType::InternalError, "rewriting uri", e))?;
         up.set_uri(uri);
     }
+    // Names and values built when the ticket was verified: each insert
+    // clones two reference counts.
     if let Some(a) = f.admitted {
         for (k, v) in &a.headers {
             up.insert_header(k.clone(), v.clone())?;
@@ -180,9 +206,9 @@ pub(super) fn rewrite_request(
     // survives only as the believed client kept it (SPEC 6).
     up.remove_header(X_FORWARDED_FOR);
     if let Some(c) = f.client {
-        up.insert_header(X_FORWARDED_FOR, c.forwarded_for.as_str())?;
+        up.insert_header(X_FORWARDED_FOR, c.forwarded_for.clone())?;
     }
-    up.insert_header("x-forwarded-proto", f.scheme)?;
+    up.insert_header(X_FORWARDED_PROTO, proto_value(f.scheme))?;
     let req = client;
     // HTTP/2 carries the host as `:authority`, which lands in the URI.
     let host = match req.headers.get(header::HOST) {
@@ -193,7 +219,7 @@ pub(super) fn rewrite_request(
             .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
     };
     if let Some(host) = host {
-        up.insert_header("x-forwarded-host", host)?;
+        up.insert_header(X_FORWARDED_HOST, host)?;
     }
     Ok(())
 }
@@ -293,13 +319,14 @@ mod tests {
             client: None,
             scheme: "http",
             http2: false,
+            now_secs: 0,
         }
     }
 
     fn client_addr() -> ClientAddr {
         ClientAddr {
             ip: IpAddr::from([203, 0, 113, 7]),
-            forwarded_for: "198.51.100.1, 203.0.113.7".into(),
+            forwarded_for: http::HeaderValue::from_static("198.51.100.1, 203.0.113.7"),
         }
     }
 
