@@ -24,9 +24,11 @@ use std::time::Duration;
 /// How often the flusher writes what has gathered: short enough that `tail -f` feels live and a
 /// hard kill loses little, long enough that a busy gate writes hundreds of lines per syscall.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
-/// The buffer's bound: at ~30k lines/s of ~150 bytes, a 50 ms interval gathers ~225 KiB, so the
-/// flusher, not the logging thread, normally does the writing.
-pub const CAPACITY: usize = 256 * 1024;
+/// The buffer's bound: at ~30k lines/s of ~150 bytes a 50 ms interval gathers ~225 KiB, so 1 MiB
+/// leaves the flusher, not the logging thread, doing the writing even through bursts four times
+/// that rate. Its pages are only touched as lines fill them (two such buffers: the one being
+/// filled and the one being written).
+pub const CAPACITY: usize = 1024 * 1024;
 
 /// The output side: the sink and a spare buffer swapped with the shared one, so flushing
 /// allocates nothing once both have grown.
