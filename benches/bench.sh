@@ -3,7 +3,7 @@
 # on loopback, in one run.
 #
 #   benches/bench.sh [--duration 5s] [--warmup 1s] [--rounds 3] [--connections "32 64"]
-#                    [--threads 1] [--ws N]
+#                    [--threads 1] [--ws N] [--profile ROW] [--callgrind ROW]
 #
 # Starts, each on free 127.0.0.1 ports and each stopped by PID on exit:
 #   - a private redis-server, and `sessiongate echo` (the gateway route's WebSocket upstream);
@@ -29,9 +29,19 @@
 # ran).
 #
 # --profile TARGET (stock, public, ticket, nocache, nginx, lua, areq) instead profiles that one
-# row: wrk -c64 for 12 s while `perf record -e cpu-clock -F 1999 -g` samples its process for 8 s
-# (this VM has no hardware counters), then prints the top of `perf report --no-children --sort
-# dso,symbol` and keeps perf.data in the work directory it names.
+# row: wrk -c64 for 12 s while `perf record -e cpu-clock -F 999 --call-graph dwarf` samples its
+# process for 8 s (this VM has no hardware counters; DWARF unwinding sees through frames built
+# without frame pointers, as the release build's are), then prints the top of `perf report
+# --no-children --sort dso,symbol` and keeps perf.data in the work directory it names.
+#
+# --callgrind TARGET (stock, public, ticket, nocache) instead counts that row's instructions:
+# a second instance of its proxy (stock_proxy, or the release gate with the same config, Redis
+# and key) is started under `valgrind --tool=callgrind`, warmed with CALLGRIND_WARMUP requests
+# (default 1000), its counters zeroed, then sent CALLGRIND_REQUESTS (default 5000) keep-alive
+# requests by `h2load --h1 -c 16`, and dumped. Prints instructions per request (every thread of
+# the process, the log flusher included) and the top of `callgrind_annotate`; the dump stays in
+# the work directory it names. Instruction counts do not depend on the machine's load, so
+# before/after figures from a busy machine still compare.
 #
 # --ws N then restarts the gate and holds N idle authenticated WebSockets through it (two
 # ws_load client processes), and reports the gate's RSS per connection. The gate holds two
@@ -56,6 +66,7 @@ conns_list="32 64"
 threads=1
 ws=0
 profile=
+callgrind=
 only=
 users=4
 while [[ $# -gt 0 ]]; do
@@ -67,9 +78,10 @@ while [[ $# -gt 0 ]]; do
     --threads) threads=$2 ;;
     --ws) ws=$2 ;;
     --profile) profile=$2 ;;
+    --callgrind) callgrind=$2 ;;
     --only) only=$2 ;;
     -h | --help)
-        sed -n '2,47p' "$0"
+        sed -n '2,58p' "$0"
         exit 0
         ;;
     *)
@@ -338,6 +350,60 @@ for name in lua areq ticket nocache; do
     [[ $code == 401 ]] || die "$name: a forged ticket answered $code, not 401"
 done
 
+if [[ -n $callgrind ]]; then
+    command -v valgrind >/dev/null || die "valgrind is required (apt-get install valgrind)"
+    command -v h2load >/dev/null || die "h2load is required (apt-get install nghttp2-client)"
+    cg_requests=${CALLGRIND_REQUESTS:-5000}
+    cg_warmup=${CALLGRIND_WARMUP:-1000}
+    read -r p_cg p_cg_admin < <(free_ports 2)
+    cg_out="$work/callgrind.out"
+    cg_valgrind=(valgrind --tool=callgrind --callgrind-out-file="$cg_out" --dump-instr=no)
+    case $callgrind in
+    stock)
+        "${cg_valgrind[@]}" "$stock_bin" --listen "127.0.0.1:$p_cg" --upstream "127.0.0.1:$p_up" \
+            "${stock_args[@]}" >"$work/callgrind-proxy.log" 2>&1 &
+        cg_url=${url[stock]/:$p_stock\//:$p_cg/}
+        ;;
+    public | ticket | nocache)
+        cg_cache=1s
+        [[ $callgrind == nocache ]] && cg_cache=0s
+        # A store timeout the slowed process can keep; it changes no instruction count.
+        LT_LISTEN="127.0.0.1:$p_cg" LT_ADMIN="127.0.0.1:$p_cg_admin" LT_STORE_CACHE=$cg_cache LT_STORE_TIMEOUT=2s \
+            "${cg_valgrind[@]}" "$bin" run -c deploy/loadtest/sessiongate.yaml >"$work/callgrind-proxy.log" 2>&1 &
+        cg_url=${url[$callgrind]/:$p_gate\//:$p_cg/}
+        [[ $callgrind == nocache ]] && cg_url=${url[nocache]/:$p_gate0\//:$p_cg/}
+        ;;
+    *) die "--callgrind: one of stock public ticket nocache" ;;
+    esac
+    cg_pid=$!
+    pids+=("$cg_pid")
+    # Everything runs some 50 times slower under valgrind: give it a minute to come up.
+    wait_tries=600 wait_for "$callgrind under callgrind" curl -sf -o /dev/null -H "$auth" "$cg_url"
+    h2load_run() {
+        h2load --h1 -n "$1" -c 16 -H "$auth" "$cg_url" >"$2" 2>&1 || die "h2load failed: $(tail -n 3 "$2")"
+        grep -q "status codes: $1 2xx" "$2" || die "h2load: not all answers were 2xx: $(grep -E '^(requests|status codes):' "$2")"
+    }
+    h2load_run "$cg_warmup" "$work/h2load-warmup.txt"
+    callgrind_control --zero "$cg_pid" >/dev/null
+    h2load_run "$cg_requests" "$work/h2load-measured.txt"
+    callgrind_control --dump=measured "$cg_pid" >/dev/null
+    # The dump is written by the process itself, asynchronously: wait for the file with the trigger.
+    dump=
+    for _ in $(seq 300); do
+        dump=$(grep -l 'Client Request: measured' "$cg_out"* 2>/dev/null | head -n1) && [[ -n $dump ]] && break
+        sleep 0.1
+    done
+    [[ -n $dump ]] || die "callgrind wrote no dump (see $work/callgrind-proxy.log)"
+    ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+    echo "callgrind of $callgrind (${label[$callgrind]}): $cg_requests requests after $cg_warmup warm-up, h2load --h1 -c 16; dump $dump"
+    awk -v ir="$ir" -v n="$cg_requests" 'BEGIN { printf "instructions per request: %.0f (%d in all)\n", ir / n, ir }'
+    callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '/^ *Ir/,$p' | head -n 40 || true
+    trap - EXIT
+    for pid in "${pids[@]}" "$gate_pid"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    exit 0
+fi
+
 if [[ -n $profile ]]; then
     [[ -n ${cpu_pids[$profile]:-} ]] || die "--profile: one of stock public ticket nocache nginx lua areq"
     command -v perf >/dev/null || die "perf is required (apt-get install linux-perf)"
@@ -346,7 +412,7 @@ if [[ -n $profile ]]; then
     wrk_pid=$!
     pids+=("$wrk_pid")
     sleep 2
-    perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "${own[0]}" -- sleep 8 2>"$work/perf-record.log"
+    perf record -e cpu-clock -F 999 --call-graph dwarf -o "$work/perf.data" -p "${own[0]}" -- sleep 8 2>"$work/perf-record.log"
     wait "$wrk_pid"
     echo "profile of $profile (${label[$profile]}), load average $(cut -d' ' -f1-3 /proc/loadavg); perf.data kept in $work"
     grep -E 'Requests/sec' "$work/wrk-profile.txt"
