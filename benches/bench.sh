@@ -39,7 +39,8 @@
 # and key) is started under `valgrind --tool=callgrind`, warmed with CALLGRIND_WARMUP requests
 # (default 1000), its counters zeroed, then sent CALLGRIND_REQUESTS (default 5000) keep-alive
 # requests by `h2load --h1 -c 16`, and dumped. Prints instructions per request (every thread of
-# the process, the log flusher included) and the top of `callgrind_annotate`; the dump stays in
+# the process, the log flusher included) and the functions with the most self cost per request
+# (benches/callgrind_top.py); the dump stays in
 # the work directory it names. Instruction counts do not depend on the machine's load, so
 # before/after figures from a busy machine still compare.
 #
@@ -390,14 +391,14 @@ if [[ -n $callgrind ]]; then
     # The dump is written by the process itself, asynchronously: wait for the file with the trigger.
     dump=
     for _ in $(seq 300); do
-        dump=$(grep -l 'Client Request: measured' "$cg_out"* 2>/dev/null | head -n1) && [[ -n $dump ]] && break
+        dump=$(grep -l '^desc: Trigger: .*measured' "$cg_out"* 2>/dev/null | head -n1) && [[ -n $dump ]] && break
         sleep 0.1
     done
     [[ -n $dump ]] || die "callgrind wrote no dump (see $work/callgrind-proxy.log)"
     ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
     echo "callgrind of $callgrind (${label[$callgrind]}): $cg_requests requests after $cg_warmup warm-up, h2load --h1 -c 16; dump $dump"
     awk -v ir="$ir" -v n="$cg_requests" 'BEGIN { printf "instructions per request: %.0f (%d in all)\n", ir / n, ir }'
-    callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '/^ *Ir/,$p' | head -n 40 || true
+    python3 benches/callgrind_top.py "$dump" "$cg_requests" 40
     trap - EXIT
     for pid in "${pids[@]}" "$gate_pid"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
