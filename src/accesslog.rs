@@ -130,9 +130,8 @@ fn push_padded(out: &mut String, n: u32, width: usize) {
         }
     }
     let start = i.min(digits.len().saturating_sub(width));
-    for &d in &digits[start..] {
-        out.push(char::from(d));
-    }
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or_default());
 }
 
 fn push_u64(out: &mut String, n: u64) {
@@ -166,19 +165,24 @@ fn push_socket(out: &mut String, addr: SocketAddr) {
     }
 }
 
-/// `s` as Rust's `{:?}` quotes it: printable ASCII needs only `"` and `\`
-/// escaped, so that common case skips the formatter.
+/// `s` as Rust's `{:?}` quotes it: printable ASCII needs only `"` and `\\`
+/// escaped, so that common case skips the formatter, and a string with
+/// neither (most routes, methods, paths and ids) is copied whole.
 fn debug_str(out: &mut String, s: &str) {
     if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         let _ = write!(out, "{s:?}");
         return;
     }
     out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    if s.bytes().any(|b| b == b'"' || b == b'\\') {
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
         }
-        out.push(c);
+    } else {
+        out.push_str(s);
     }
     out.push('"');
 }
@@ -203,6 +207,15 @@ fn push_ms(out: &mut String, ms: f64) {
 
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Nothing to escape (the usual case): copied whole.
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
