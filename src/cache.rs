@@ -67,8 +67,16 @@ fn signature_of(ticket: &str) -> &str {
 /// what the rest of a cache hit does. An entry is only reached through its
 /// key, a keyed hash of the signature, so a caller comparing here already
 /// holds it.
+/// The text before the last `.` and the signature after it (`memrchr`: the
+/// signature is the last 43 bytes of a ticket of several hundred).
 fn split_signature(ticket: &str) -> (&str, &str) {
-    ticket.rsplit_once('.').unwrap_or(("", ticket))
+    match memchr::memrchr(b'.', ticket.as_bytes()) {
+        Some(at) => (
+            ticket.get(..at).unwrap_or_default(),
+            ticket.get(at + 1..).unwrap_or_default(),
+        ),
+        None => ("", ticket),
+    }
 }
 
 fn same_text(cached: &str, presented: &str) -> bool {

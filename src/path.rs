@@ -34,8 +34,14 @@ pub fn match_path(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Whether `path` holds a `;`, raw or as `%3B`/`%3b`. One `memchr` pass over the path for
+/// either byte: every request's path is asked (routing and the upstream rewrite), and
+/// `str::contains` sets up a substring searcher for each of the two spellings.
 pub(crate) fn has_params(path: &str) -> bool {
-    path.contains(';') || path.contains("%3B") || path.contains("%3b")
+    let b = path.as_bytes();
+    memchr::memchr2_iter(b';', b'%', b).any(|i| {
+        b.get(i) == Some(&b';') || matches!(b.get(i + 1..i + 3), Some([b'3', b'b' | b'B']))
+    })
 }
 
 /// A segment up to its first `;` (raw or `%3B`).
@@ -299,6 +305,18 @@ fn check_raw(b: u8) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The one-pass scan finds exactly what the three substring searches did.
+        #[test]
+        fn has_params_is_the_three_substring_searches(
+            path in proptest::collection::vec(proptest::sample::select(b"/a;%3bB".to_vec()), 0..24),
+        ) {
+            let path = String::from_utf8(path).unwrap_or_default();
+            let want = path.contains(';') || path.contains("%3B") || path.contains("%3b");
+            proptest::prop_assert_eq!(has_params(&path), want, "{}", path);
+        }
+    }
 
     // ---- normalization --------------------------------------------------------------------
 

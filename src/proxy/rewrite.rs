@@ -132,18 +132,14 @@ pub(super) fn rewrite_request(
     }
     let is_ticket =
         |v: &http::HeaderValue| bearer_token(v).is_some_and(|t| s.is_gate_ticket(t, f.now_secs));
-    if up
-        .headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .any(is_ticket)
-    {
-        let kept: Vec<http::HeaderValue> = up
-            .headers
-            .get_all(header::AUTHORIZATION)
+    let values = up.headers.get_all(header::AUTHORIZATION);
+    // Each value is asked once: those before the first ticket are known not to be one.
+    if let Some(first) = values.iter().position(is_ticket) {
+        let kept: Vec<http::HeaderValue> = values
             .iter()
-            .filter(|v| !is_ticket(v))
-            .cloned()
+            .enumerate()
+            .filter(|&(i, v)| i < first || (i > first && !is_ticket(v)))
+            .map(|(_, v)| v.clone())
             .collect();
         up.remove_header(&header::AUTHORIZATION);
         for v in kept {
