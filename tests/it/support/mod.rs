@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod edge;
+pub mod recording;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -490,20 +491,18 @@ impl Upstream {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let user = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("x-session-user: "))
-                    .unwrap_or("-")
-                    .to_owned();
+                let Ok(req) = sessiongate::http1::read_request(&mut tls, &READ_LIMITS).await else {
+                    return;
+                };
+                let user = req
+                    .head
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("x-session-user"))
+                    .map_or_else(
+                        || "-".into(),
+                        |(_, v)| String::from_utf8_lossy(v).into_owned(),
+                    );
                 let body = format!("tls:{user}");
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -598,24 +597,9 @@ impl Drop for Upstream {
 /// a test logs in without waiting on the hash; the gate verifies whatever
 /// parameters a PHC string names.
 pub fn users_file(dir: &std::path::Path) -> PathBuf {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    use argon2::{Algorithm, Argon2, Params, Version};
     use std::sync::OnceLock;
     static HASHES: OnceLock<(String, String)> = OnceLock::new();
-    let (a, b) = HASHES.get_or_init(|| {
-        let argon = Argon2::new(
-            Algorithm::Argon2id,
-            Version::V0x13,
-            Params::new(8, 1, 1, None).expect("argon2 params"),
-        );
-        let hash = |pw: &str| {
-            argon
-                .hash_password(pw.as_bytes(), &SaltString::generate(&mut OsRng))
-                .expect("hash")
-                .to_string()
-        };
-        (hash("wonderland"), hash("builder"))
-    });
+    let (a, b) = HASHES.get_or_init(|| (cheap_hash("wonderland"), cheap_hash("builder")));
     let p = dir.join("users.yaml");
     std::fs::write(
         &p,
@@ -625,6 +609,21 @@ pub fn users_file(dir: &std::path::Path) -> PathBuf {
     )
     .expect("write users");
     p
+}
+
+/// An argon2id PHC string for `password` with tiny parameters (m=8, t=1,
+/// p=1): tests log in often and must not wait on the hash.
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(8, 1, 1, None).expect("argon2 params"),
+    )
+    .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+    .expect("hash")
+    .to_string()
 }
 
 /// Stands for the standard users file in a [`Setup`]: [`Setup::text`] puts
@@ -638,6 +637,8 @@ pub const USERS: &str = "{users}";
 #[derive(Clone, Debug)]
 pub struct Setup {
     config: serde_json::Value,
+    /// The users file's text when a test names its own users.
+    users: Option<String>,
 }
 
 impl Setup {
@@ -676,6 +677,34 @@ impl Setup {
                     "upstreams": ["127.0.0.1:9"], "auth": "public",
                 }],
             }),
+            users: None,
+        }
+    }
+
+    /// Replaces the standard users with `(username, password, id, vars as a
+    /// YAML flow map)`, hashed cheaply.
+    pub fn users(mut self, users: &[(&str, &str, &str, &str)]) -> Setup {
+        let mut yaml = String::from("users:\n");
+        for (username, password, id, vars) in users {
+            yaml.push_str(&format!(
+                "  - username: \"{username}\"\n    password_hash: \"{}\"\n    id: \"{id}\"\n    vars: {vars}\n",
+                cheap_hash(password)
+            ));
+        }
+        self.users = Some(yaml);
+        self
+    }
+
+    /// Writes the users file [`USERS`] stands for into `dir`: the test's own
+    /// users, else the standard ones.
+    pub fn write_users(&self, dir: &std::path::Path) -> PathBuf {
+        match &self.users {
+            Some(yaml) => {
+                let p = dir.join("users.yaml");
+                std::fs::write(&p, yaml).expect("write users");
+                p
+            }
+            None => users_file(dir),
         }
     }
 
@@ -769,9 +798,14 @@ pub struct Gate {
 impl Gate {
     /// Writes the config and starts the gate; waits until it serves.
     pub async fn start(setup: &Setup) -> Gate {
+        Self::start_args(setup, &[]).await
+    }
+
+    /// [`Gate::start`] with command-line options before `run`.
+    pub async fn start_args(setup: &Setup, args: &[&str]) -> Gate {
         let dir = scratch_dir("gate");
-        let users = users_file(&dir);
-        Self::start_yaml(dir, &setup.text(0, 0, &users), &[]).await
+        let users = setup.write_users(&dir);
+        Self::start_yaml(dir, &setup.text(0, 0, &users), args).await
     }
 
     /// Starts the gate on a config of the test's own (port 0 lets the gate
