@@ -91,17 +91,7 @@ async fn sessions_of(gate: &Gate, user: &str) -> Vec<(String, String)> {
         .admin_req("GET", &format!("/admin/sessions?user={user}"))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_owned(),
-                s["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    ids_and_statuses(r.json()["sessions"].as_array().unwrap())
 }
 
 // ------------------------------------------------------------ item 2: vars by case

@@ -611,6 +611,20 @@ pub fn users_file(dir: &std::path::Path) -> PathBuf {
     p
 }
 
+/// `(id, status)` of each session of a `/_session/list` or
+/// `/admin/sessions` answer, in its order.
+pub fn ids_and_statuses(sessions: &[serde_json::Value]) -> Vec<(String, String)> {
+    sessions
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_owned(),
+                s["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// An argon2id PHC string for `password` with tiny parameters (m=8, t=1,
 /// p=1): tests log in often and must not wait on the hash.
 pub fn cheap_hash(password: &str) -> String {
@@ -976,6 +990,21 @@ impl Gate {
             None,
             &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
         )
+        .await
+    }
+
+    /// Logs in, retrying until a login succeeds or `within` passes (a store
+    /// coming back, a failover): the ticket.
+    pub async fn login_within(
+        &self,
+        user: &str,
+        password: &str,
+        within: Duration,
+    ) -> Option<String> {
+        eventually(within, || async {
+            let r = self.try_login(user, password).await;
+            (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap_or_default().to_owned())
+        })
         .await
     }
 
