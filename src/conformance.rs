@@ -170,16 +170,13 @@ fn every_error_code_is_documented() {
         Reject::UpstreamTimeout,
         Reject::StoreUnavailable,
     ];
-    for st in [
-        Status::Ended,
-        Status::Removed,
-        Status::Revoked,
-        Status::Expired,
-        Status::Abandoned,
-        Status::Replaced,
-    ] {
-        all.push(Reject::Session(st));
-    }
+    // Every status but `active` ends a session.
+    all.extend(
+        Status::ALL
+            .into_iter()
+            .filter(|st| *st != Status::Active)
+            .map(Reject::Session),
+    );
     for r in &all {
         match r {
             Reject::BadRequest(_)

@@ -3,17 +3,18 @@
 //! of what it received, and a WebSocket gateway that echoes every message.
 //!
 //! `GET /static` (after any prefix the gate strips) is the exception: a fixed
-//! answer that reads no header but the framing ones. The benchmark uses it,
-//! so the upstream's work does not grow with the headers the gate injects and
-//! the figures measure the gate.
+//! answer whatever the headers. The benchmarks use it, so the answer does not
+//! grow with the headers the gate injects and the figures measure the gate.
 
 use std::collections::BTreeMap;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::http1;
 
 const MAX_HEAD: usize = 128 * 1024;
 /// The path answered with [`STATIC_BODY`] instead of the JSON picture.
@@ -35,111 +36,66 @@ pub async fn serve_http(listener: TcpListener) {
     }
 }
 
+/// What the echo controller reads: heads as large as the gate forwards,
+/// bodies as large as a test sends.
+const LIMITS: http1::Limits = http1::Limits {
+    head: MAX_HEAD,
+    headers: 128,
+    body: 64 << 20,
+    idle: None,
+};
+
 async fn http_conn(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    loop {
-        // Read until a whole head is buffered.
-        let (head_len, method, path, headers, content_length, close) = loop {
-            let mut hs = [httparse::EMPTY_HEADER; 128];
-            let mut req = httparse::Request::new(&mut hs);
-            match req.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let mut headers = BTreeMap::<String, String>::new();
-                    let mut cl = 0usize;
-                    let mut close = req.version == Some(0);
-                    if req.path == Some(STATIC_PATH) {
-                        for h in req.headers.iter() {
-                            if h.name.eq_ignore_ascii_case("content-length") {
-                                cl = std::str::from_utf8(h.value)
-                                    .ok()
-                                    .and_then(|v| v.trim().parse().ok())
-                                    .unwrap_or(0);
-                            } else if h.name.eq_ignore_ascii_case("connection") {
-                                close |= h.value.eq_ignore_ascii_case(b"close");
-                            }
-                        }
-                        break (n, String::new(), STATIC_PATH.to_owned(), headers, cl, close);
-                    }
-                    for h in req.headers.iter() {
-                        let name = h.name.to_ascii_lowercase();
-                        let value = String::from_utf8_lossy(h.value).into_owned();
-                        if name == "content-length" {
-                            cl = value.trim().parse().unwrap_or(0);
-                        }
-                        if name == "connection" && value.eq_ignore_ascii_case("close") {
-                            close = true;
-                        }
-                        headers
-                            .entry(name)
-                            .and_modify(|v| {
-                                v.push_str(", ");
-                                v.push_str(&value);
-                            })
-                            .or_insert(value);
-                    }
-                    break (
-                        n,
-                        req.method.unwrap_or("").to_owned(),
-                        req.path.unwrap_or("").to_owned(),
-                        headers,
-                        cl,
-                        close,
-                    );
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-                _ => return,
-            }
-            let mut chunk = [0u8; 8192];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+    // A malformed request, like the client's close, ends the connection.
+    while let Ok(Some(req)) = http1::read_next_request(&mut stream, &mut buf, &LIMITS).await {
+        let close = req.head.version == 0
+            || req.head.headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case(b"close")
+            });
+        let body = if req.head.target == STATIC_PATH {
+            STATIC_BODY.to_vec()
+        } else {
+            picture(req)
         };
-        while buf.len() < head_len + content_length {
-            let mut chunk = [0u8; 8192];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        if path == STATIC_PATH {
-            buf.drain(..head_len + content_length);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
-                STATIC_BODY.len(),
-                if close { "Connection: close\r\n" } else { "" }
-            );
-            let mut out = head.into_bytes();
-            out.extend_from_slice(STATIC_BODY);
-            if stream.write_all(&out).await.is_err() || close {
-                return;
-            }
-            continue;
-        }
-        let body = String::from_utf8_lossy(&buf[head_len..head_len + content_length]).into_owned();
-        buf.drain(..head_len + content_length);
-        let (p, q) = match path.split_once('?') {
-            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-            None => (path, None),
-        };
-        let out = serde_json::to_vec(&json!({
-            "method": method, "path": p, "query": q, "headers": headers, "body": body,
-        }))
-        .unwrap_or_default();
-        let head = format!(
+        let mut out = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
-            out.len(),
+            body.len(),
             if close { "Connection: close\r\n" } else { "" }
-        );
-        if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&out).await.is_err()
-        {
-            return;
-        }
-        if close {
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        if stream.write_all(&out).await.is_err() || close {
             return;
         }
     }
+}
+
+/// The JSON picture of a request: header names lowercased, repeated fields
+/// joined with ", " as a proxy may fold them, the body as text.
+fn picture(req: http1::Request) -> Vec<u8> {
+    let mut headers = BTreeMap::<String, String>::new();
+    for (name, value) in &req.head.headers {
+        let value = String::from_utf8_lossy(value);
+        headers
+            .entry(name.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    let target = req.head.target;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target.as_str(), None),
+    };
+    serde_json::to_vec(&json!({
+        "method": req.head.method, "path": path, "query": query, "headers": headers,
+        "body": String::from_utf8_lossy(&req.body),
+    }))
+    .unwrap_or_default()
 }
 
 /// Serves a WebSocket echo on `listener` until the task is dropped.
@@ -185,6 +141,7 @@ async fn ws_conn(stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     /// `/static` answers the fixed body and keeps the connection for the
     /// next request; any other path still gets the JSON picture.

@@ -1,6 +1,6 @@
 //! HTTP/1.1 message reading for the gate's own HTTP clients (a login
-//! delegate's answer, a WebSocket upstream's handshake answer) and the test
-//! harness: a pure, incremental parser of a head and its body framing
+//! delegate's answer, a WebSocket upstream's handshake answer), its built-in
+//! servers (the echo upstreams, the demo page) and the test harness: a pure, incremental parser of a head and its body framing
 //! (Content-Length, chunked with trailers, or until close) within bounded
 //! sizes, and a small async reader over any [`AsyncRead`] that drives it.
 
@@ -441,6 +441,43 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     Ok(Request { head, body })
 }
 
+/// Reads the next request of a keep-alive connection, head and body, for a
+/// server. `buf` carries bytes between calls: whatever the client sent past
+/// this request (the start of a pipelined one) stays in it. `None` when the
+/// client closed before sending a byte of another request.
+pub async fn read_next_request<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<Option<Request>, ReadError> {
+    let head = loop {
+        if let Some(head) = parse_request_head(buf, limits)? {
+            break head;
+        }
+        if fill(s, buf, limits.idle).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(ParseError::Truncated.into());
+        }
+    };
+    let mut body = Body::new(head.framing, limits.body)?;
+    let mut eof = false;
+    let end = loop {
+        if let Some(end) = body.advance(&buf[head.len..], eof)? {
+            break end;
+        }
+        eof = fill(s, buf, limits.idle).await? == 0;
+    };
+    let rest = buf.split_off(head.len + end);
+    let raw = buf.split_off(head.len);
+    *buf = rest;
+    Ok(Some(Request {
+        head,
+        body: body.into_body(raw),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,5 +714,64 @@ mod tests {
             ("POST", &b"abc"[..])
         );
         drop(writer.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_server_reads_pipelined_requests_one_by_one_and_sees_the_clean_close() {
+        use tokio::io::AsyncWriteExt;
+        let (mut near, mut far) = tokio::io::duplex(8);
+        // Two requests in one write: a chunked one with a trailer, then one
+        // with a length; the second starts in the bytes read for the first.
+        let writer = tokio::spawn(async move {
+            far.write_all(
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  3\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n\
+                  PUT /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nfg",
+            )
+            .await
+        });
+        let mut buf = Vec::new();
+        let first = read_next_request(&mut near, &mut buf, &LIMITS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (first.head.target.as_str(), first.body.as_slice()),
+            ("/a", &b"abcde"[..])
+        );
+        let second = read_next_request(&mut near, &mut buf, &LIMITS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                second.head.method.as_str(),
+                second.head.target.as_str(),
+                second.body.as_slice()
+            ),
+            ("PUT", "/b", &b"fg"[..])
+        );
+        assert!(buf.is_empty());
+        writer.await.unwrap().unwrap();
+        // Closed between requests: no request, no error.
+        assert!(
+            read_next_request(&mut near, &mut buf, &LIMITS)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_inside_a_request_is_truncation_not_the_end() {
+        use tokio::io::AsyncWriteExt;
+        let (mut near, mut far) = tokio::io::duplex(64);
+        far.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        drop(far);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_next_request(&mut near, &mut buf, &LIMITS).await,
+            Err(ReadError::Parse(ParseError::Truncated))
+        ));
     }
 }

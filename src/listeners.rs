@@ -35,7 +35,7 @@ pub enum AcceptError {
     #[error("reading the PROXY header: {0}")]
     Read(#[source] std::io::Error),
     #[error("TLS handshake: {0}")]
-    Tls(String),
+    Tls(#[source] Box<pingora::Error>),
     #[error("the listener gave a stream that is not TCP")]
     NotTcp,
     #[error("PROXY header and TLS handshake not done within {HANDSHAKE_TIMEOUT:?}")]
@@ -89,7 +89,7 @@ impl<A> EdgeApp<A> {
                 let tls = acceptor
                     .tls_handshake(*l4)
                     .await
-                    .map_err(|e| AcceptError::Tls(e.to_string()))?;
+                    .map_err(AcceptError::Tls)?;
                 Ok(Box::new(tls))
             }
         }

@@ -4,9 +4,10 @@
 //! `@sessiongate/client` (`clients/js`, copied to `src/pages/` by its build).
 
 use http::{HeaderValue, header};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::http1;
 use crate::reject::Reject;
 use crate::response::Response;
 
@@ -48,32 +49,18 @@ pub async fn serve_demo(listener: TcpListener) {
     }
 }
 
+/// Page requests are small GETs; anything larger is refused with the close.
+const LIMITS: http1::Limits = http1::Limits {
+    head: 64 * 1024,
+    headers: 64,
+    body: 64 * 1024,
+    idle: None,
+};
+
 async fn demo_conn(mut stream: TcpStream) {
     let mut buf = Vec::with_capacity(2048);
-    loop {
-        let (len, method, path) = loop {
-            let mut hs = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut hs);
-            match req.parse(&buf) {
-                // Page requests are GETs without bodies; anything else is refused.
-                Ok(httparse::Status::Complete(n)) => {
-                    break (
-                        n,
-                        req.method.unwrap_or("").to_owned(),
-                        req.path.unwrap_or("").to_owned(),
-                    );
-                }
-                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
-                _ => return,
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        buf.drain(..len);
-        let out = demo_answer(&method, &path);
+    while let Ok(Some(req)) = http1::read_next_request(&mut stream, &mut buf, &LIMITS).await {
+        let out = demo_answer(&req.head.method, &req.head.target);
         if stream.write_all(&out).await.is_err() {
             return;
         }

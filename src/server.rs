@@ -41,8 +41,12 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("settings: {0}")]
     HandOver(#[from] crate::listeners::HandOverError),
+    #[error("settings: --upgrade needs every listen address to name its port (not 0)")]
+    UpgradeNeedsPorts,
+    #[error("settings: --upgrade needs server.pid_file to find the running gate")]
+    UpgradeNeedsPidFile,
     #[error("settings: {0}")]
-    Settings(String),
+    Tls(#[from] crate::tls::TlsError),
     #[error("listeners: {0}")]
     Bind(#[from] crate::bind::BindError),
     #[error("settings: {0}")]
@@ -123,9 +127,7 @@ pub fn run(
     if upgrade && !reserved.is_empty() {
         // The running gate's sockets are found by address; a port-0 address
         // names none of them.
-        return Err(StartError::Settings(
-            "--upgrade needs every listen address to name its port (not 0)".into(),
-        ));
+        return Err(StartError::UpgradeNeedsPorts);
     }
     let listen = bound.listen.clone();
     let tls = cfg.tls.clone();
@@ -145,9 +147,7 @@ pub fn run(
         // bootstrap waits for them on the upgrade socket (both sides retry
         // for about five seconds, so the order of the two does not matter).
         let Some(pid_file) = &pid_file else {
-            return Err(StartError::Settings(
-                "--upgrade needs server.pid_file to find the running gate".into(),
-            ));
+            return Err(StartError::UpgradeNeedsPidFile);
         };
         crate::listeners::ask_to_hand_over(pid_file)?;
     }
@@ -200,8 +200,7 @@ pub fn run(
                 .as_ref()
                 .map(|t| Arc::clone(&t.certificates))
         });
-        let rustls = crate::tls::server_config(tls.min_version, tls.http2, Arc::new(resolver))
-            .map_err(|e| StartError::Settings(e.to_string()))?;
+        let rustls = crate::tls::server_config(tls.min_version, tls.http2, Arc::new(resolver))?;
         let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(rustls)));
         let app = EdgeApp::new(Arc::clone(&proxy), Some(acceptor), proxy_protocol);
         let mut svc = Service::new("sessiongate-tls".into(), app);

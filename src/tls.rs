@@ -27,10 +27,23 @@ pub enum TlsError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}: {why}")]
-    Pem { file: PathBuf, why: String },
-    #[error("{file}: certificate does not parse: {why}")]
-    Parse { file: PathBuf, why: String },
+    #[error("{file}: not PEM: {source}")]
+    NotPem {
+        file: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{file}: holds no PEM certificate")]
+    NoCertificate { file: PathBuf },
+    #[error("{file}: holds no PEM private key: {source}")]
+    NoKey {
+        file: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{file}: certificate does not parse: {source}")]
+    Parse {
+        file: PathBuf,
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
     #[error("{key_file}: the key does not match the certificate of {cert_file}: {source}")]
     KeyMismatch {
         cert_file: PathBuf,
@@ -83,23 +96,22 @@ pub fn load(cert_file: &Path, key_file: &Path, now: i64) -> Result<LoadedCert, T
     let key_pem = read(key_file)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
+        .map_err(|source| TlsError::NotPem {
             file: cert_file.to_owned(),
-            why: format!("not PEM: {e}"),
+            source,
         })?;
     let Some(leaf) = chain.first() else {
-        return Err(TlsError::Pem {
+        return Err(TlsError::NoCertificate {
             file: cert_file.to_owned(),
-            why: "holds no PEM certificate".into(),
         });
     };
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::NoKey {
         file: key_file.to_owned(),
-        why: format!("holds no PEM private key: {e}"),
+        source,
     })?;
-    let (names, not_before, not_after) = inspect(leaf).map_err(|why| TlsError::Parse {
+    let (names, not_before, not_after) = inspect(leaf).map_err(|source| TlsError::Parse {
         file: cert_file.to_owned(),
-        why,
+        source,
     })?;
     if now > not_after {
         return Err(TlsError::Expired {
@@ -130,9 +142,11 @@ pub fn load(cert_file: &Path, key_file: &Path, now: i64) -> Result<LoadedCert, T
 }
 
 /// The names a leaf certificate serves (its SANs, else its CN) and its validity.
-fn inspect(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), String> {
+fn inspect(
+    der: &CertificateDer<'_>,
+) -> Result<(Vec<String>, i64, i64), x509_parser::nom::Err<x509_parser::error::X509Error>> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {

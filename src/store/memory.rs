@@ -64,6 +64,27 @@ impl MemoryStore {
             .send(Event::new(&s.id, &s.user_id, s.status, now));
     }
 
+    /// Activity on a session (a touch, a refresh): the clock rules first,
+    /// then, if it is still active, `change` and the new activity time.
+    fn activity(
+        &self,
+        sid: &str,
+        now: u64,
+        rules: Rules,
+        change: impl FnOnce(&mut Session),
+    ) -> Result<Option<Session>, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(inner.sessions.get_mut(sid).map(|s| {
+            self.clock(s, now, rules);
+            if s.status.is_active() {
+                change(s);
+                s.last_active_at = now;
+                s.updated_at = now;
+            }
+            s.clone()
+        }))
+    }
+
     /// Applies clock rules to one record, publishing a change.
     fn clock(&self, s: &mut Session, now: u64, rules: Rules) {
         if s.apply_clock(now, rules.idle_ms).is_some() {
@@ -210,15 +231,7 @@ impl SessionStore for MemoryStore {
         now: u64,
         rules: Rules,
     ) -> Result<Option<Session>, StoreError> {
-        let mut inner = self.lock()?;
-        Ok(inner.sessions.get_mut(sid).map(|s| {
-            self.clock(s, now, rules);
-            if s.status.is_active() {
-                s.last_active_at = now;
-                s.updated_at = now;
-            }
-            s.clone()
-        }))
+        self.activity(sid, now, rules, |_| {})
     }
 
     async fn refresh(
@@ -228,16 +241,9 @@ impl SessionStore for MemoryStore {
         now: u64,
         rules: Rules,
     ) -> Result<Option<Session>, StoreError> {
-        let mut inner = self.lock()?;
-        Ok(inner.sessions.get_mut(sid).map(|s| {
-            self.clock(s, now, rules);
-            if s.status.is_active() {
-                s.expire_at = expire_at.min(s.max_expire_at);
-                s.last_active_at = now;
-                s.updated_at = now;
-            }
-            s.clone()
-        }))
+        self.activity(sid, now, rules, |s| {
+            s.expire_at = expire_at.min(s.max_expire_at);
+        })
     }
 
     async fn set_status(

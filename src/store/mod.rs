@@ -36,6 +36,12 @@ pub enum StoreError {
     Poisoned,
     #[error("store returned malformed data: {0}")]
     Corrupt(String),
+    #[error("store returned malformed data: {field}: {source}")]
+    BadJson {
+        field: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl From<::redis::RedisError> for StoreError {

@@ -665,6 +665,16 @@ fn tls(ca: &[u8]) -> redis::TlsCertificates {
     }
 }
 
+/// A JSON-encoded field of a session hash, `default` when it is absent.
+fn json_field<T: serde::de::DeserializeOwned>(
+    map: &HashMap<String, String>,
+    field: &'static str,
+    default: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(map.get(field).map_or(default, String::as_str))
+        .map_err(|source| StoreError::BadJson { field, source })
+}
+
 fn parse_session(map: HashMap<String, String>) -> Result<Session, StoreError> {
     let field = |k: &str| {
         map.get(k)
@@ -681,10 +691,8 @@ fn parse_session(map: HashMap<String, String>) -> Result<Session, StoreError> {
         id: field("id")?.clone(),
         user_id: field("userId")?.clone(),
         name: map.get("name").cloned().unwrap_or_default(),
-        roles: serde_json::from_str(map.get("roles").map_or("[]", String::as_str))
-            .map_err(|e| StoreError::Corrupt(format!("roles: {e}")))?,
-        vars: serde_json::from_str(map.get("vars").map_or("{}", String::as_str))
-            .map_err(|e| StoreError::Corrupt(format!("vars: {e}")))?,
+        roles: json_field(&map, "roles", "[]")?,
+        vars: json_field(&map, "vars", "{}")?,
         status,
         created_at: num("createdAt")?,
         last_active_at: num("lastActiveAt")?,

@@ -4,70 +4,15 @@
 //! headers, `;parameters` in paths, slow and idle connections. Each asserts
 //! what the upstream did or did not receive.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::recording::*;
 use crate::support::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-
-/// Every request head an upstream received, raw.
-type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// An upstream that records each request head and answers `answer`, then
-/// keeps the connection until the gate closes it.
-async fn recording(answer: &'static [u8]) -> (Upstream, Seen) {
-    let seen = Seen::default();
-    let log = Arc::clone(&seen);
-    let up = Upstream::custom(move |mut tcp| {
-        let log = Arc::clone(&log);
-        async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            log.lock().unwrap().push(head);
-            if tcp.write_all(answer).await.is_err() {
-                return;
-            }
-            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-        }
-    })
-    .await;
-    (up, seen)
-}
-
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-
-/// A recorded head's header lines: lowercase name, raw value bytes.
-fn header_lines(head: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut hs);
-    assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
-    req.headers
-        .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-        .collect()
-}
-
-fn values<'a>(lines: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a [u8]> {
-    lines
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_slice())
-        .collect()
-}
-
-fn recorded(seen: &Seen) -> Vec<Vec<u8>> {
-    seen.lock().unwrap().clone()
-}
 
 /// Standard routes, plus a `rec` controller (required) and `rec-public` on
 /// `upstream`.

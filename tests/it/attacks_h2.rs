@@ -7,7 +7,6 @@
 //! those frames by hand.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,72 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::edge::{Ca, Client, exchange, tls_config};
+use crate::support::recording::*;
 use crate::support::*;
 use serde_json::{Value, json};
-
-/// Every request head an upstream received, raw.
-type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// An upstream that records each request head and answers 200 `ok`.
-async fn recording() -> (Upstream, Seen) {
-    let seen = Seen::default();
-    let log = Arc::clone(&seen);
-    let up = Upstream::custom(move |mut tcp| {
-        let log = Arc::clone(&log);
-        async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            log.lock().unwrap().push(head);
-            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-            if tcp.write_all(ok).await.is_err() {
-                return;
-            }
-            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-        }
-    })
-    .await;
-    (up, seen)
-}
-
-/// A recorded head: its request line and its header lines (lowercase name,
-/// raw value bytes), in order.
-fn parse_head(head: &[u8]) -> (String, Vec<(String, Vec<u8>)>) {
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut hs);
-    assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
-    let line = format!("{} {}", req.method.unwrap_or(""), req.path.unwrap_or(""));
-    let lines = req
-        .headers
-        .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-        .collect();
-    (line, lines)
-}
-
-fn values<'a>(lines: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a [u8]> {
-    lines
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_slice())
-        .collect()
-}
-
-/// The names a head carries, sorted.
-fn names(lines: &[(String, Vec<u8>)]) -> Vec<String> {
-    let mut n: Vec<String> = lines.iter().map(|(n, _)| n.clone()).collect();
-    n.sort();
-    n
-}
-
-fn take(seen: &Seen) -> Vec<Vec<u8>> {
-    std::mem::take(&mut *seen.lock().unwrap())
-}
 
 /// Every route kind and auth policy on the recording upstream, host routes,
 /// and a public root beside a protected `/admin`.
@@ -134,7 +70,7 @@ struct Edge {
 /// config changed by the merge patch `patch`.
 async fn edge(patch: Value) -> Edge {
     let redis = Redis::spawn().await;
-    let (rec, seen) = recording().await;
+    let (rec, seen) = recording(OK).await;
     let ca = Ca::new(&scratch_dir("attacks-h2-ca"));
     let cert = ca.issue("default.test", "DNS:default.test,IP:127.0.0.1", 2);
     let gate = Gate::start(

@@ -199,12 +199,10 @@ async fn losing_the_cluster_is_a_503_and_its_return_recovers() {
 
     // Back, empty: the old session is unknown, a new login works.
     cluster.restart().await;
-    let back = eventually(Duration::from_secs(15), || async {
-        let r = gate.try_login("alice", "wonderland").await;
-        (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap().to_owned())
-    })
-    .await
-    .expect("no login within 15 s of the cluster's return");
+    let back = gate
+        .login_within("alice", "wonderland", Duration::from_secs(15))
+        .await
+        .expect("no login within 15 s of the cluster's return");
     assert_eq!(
         gate.get("/controller/shop/x", Some(&back)).await.status,
         200
@@ -295,19 +293,23 @@ async fn a_killed_master_is_replaced_by_its_replica_and_revokes_reach_every_gate
     assert!(promoted.is_some(), "no replica took the slot over");
     // The session survived on the replica; both gates reach it.
     for g in [&gate, &other] {
+        let last = std::sync::Mutex::new(String::new());
         let r = eventually(Duration::from_secs(15), || async {
             let r = g.post("/_session/touch", Some(&alice), "").await;
+            *last.lock().unwrap() = format!("{} {}", r.status, r.text());
             (r.status == 200).then_some(())
         })
         .await;
-        assert!(r.is_some(), "the session is not served after the failover");
+        assert!(
+            r.is_some(),
+            "the session is not served after the failover: last answer {}",
+            last.lock().unwrap()
+        );
     }
-    let (bob, _) = eventually(Duration::from_secs(10), || async {
-        let r = other.try_login("bob", "builder").await;
-        (r.status == 201).then(|| (r.json()["ticket"].as_str().unwrap().to_owned(), ()))
-    })
-    .await
-    .expect("no login after the failover");
+    let bob = other
+        .login_within("bob", "builder", Duration::from_secs(10))
+        .await
+        .expect("no login after the failover");
     assert_eq!(gate.get("/controller/shop/x", Some(&bob)).await.status, 200);
     // Every live node has both gates subscribed again (a gate whose node died
     // moved to another one).

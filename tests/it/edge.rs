@@ -423,15 +423,7 @@ async fn a_renewed_certificate_reaches_new_connections_and_a_bad_one_is_refused(
     assert_eq!(served_cn(&tls), "renewed.test");
     // Garbage in the certificate file: refused too.
     std::fs::write(&cert_file, "not a certificate").unwrap();
-    let refused = eventually(Duration::from_secs(10), || async {
-        e.gate
-            .logs()
-            .lines()
-            .any(|l| l.contains(cert_file.to_str().unwrap()) && l.contains("no PEM certificate"))
-            .then_some(())
-    })
-    .await;
-    assert!(refused.is_some(), "{}", e.gate.logs());
+    refused_reload(&e.gate, &cert_file, "no PEM certificate").await;
     let tls = any.connect(e.tls, "first.test").await.unwrap();
     assert_eq!(served_cn(&tls), "renewed.test");
 
@@ -455,15 +447,7 @@ async fn a_renewed_certificate_reaches_new_connections_and_a_bad_one_is_refused(
     .unwrap();
     std::fs::copy(&expired.key, &key_file).unwrap();
     std::fs::copy(&expired.cert, &cert_file).unwrap();
-    let refused = eventually(Duration::from_secs(10), || async {
-        e.gate
-            .logs()
-            .lines()
-            .any(|l| l.contains(cert_file.to_str().unwrap()) && l.contains("certificate expired"))
-            .then_some(())
-    })
-    .await;
-    assert!(refused.is_some(), "{}", e.gate.logs());
+    refused_reload(&e.gate, &cert_file, "certificate expired").await;
     let tls = any.connect(e.tls, "first.test").await.unwrap();
     assert_eq!(served_cn(&tls), "renewed.test");
 
@@ -483,6 +467,19 @@ async fn a_renewed_certificate_reaches_new_connections_and_a_bad_one_is_refused(
 }
 
 /// One HTTP/2 request on a shared connection: status, body.
+/// Waits for the gate to log that it refused `file` on reload for `why`.
+async fn refused_reload(gate: &Gate, file: &std::path::Path, why: &str) {
+    let file = file.to_str().unwrap();
+    let refused = eventually(Duration::from_secs(10), || async {
+        gate.logs()
+            .lines()
+            .any(|l| l.contains(file) && l.contains(why))
+            .then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "{}", gate.logs());
+}
+
 async fn h2_get(
     client: h2::client::SendRequest<bytes::Bytes>,
     path: &str,

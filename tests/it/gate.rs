@@ -481,12 +481,10 @@ async fn sentinel_failover_is_followed() {
     assert!(promoted.is_some(), "failover did not happen");
     // Writes (a login) reach the new master, and the session written before
     // the failover was replicated: its ticket still works.
-    let after = eventually(Duration::from_secs(10), || async {
-        let r = gate.try_login("bob", "builder").await;
-        (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap().to_owned())
-    })
-    .await
-    .expect("login after failover");
+    let after = gate
+        .login_within("bob", "builder", Duration::from_secs(10))
+        .await
+        .expect("login after failover");
     assert_eq!(
         gate.get("/controller/shop/x", Some(&after)).await.status,
         200

@@ -94,18 +94,6 @@ async fn list(gate: &Gate, ticket: &str) -> Vec<Value> {
     r.json()["sessions"].as_array().unwrap().clone()
 }
 
-fn ids_and_statuses(sessions: &[Value]) -> Vec<(String, String)> {
-    sessions
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_owned(),
-                s["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 // ------------------------------------------------------ seven statuses, seven answers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,40 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{Value, json};
-
-/// An argon2id PHC string with tiny parameters (m=8, t=1, p=1): tests log in
-/// often and must not wait on the hash.
-fn cheap_hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    use argon2::{Algorithm, Argon2, Params, Version};
-    Argon2::new(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        Params::new(8, 1, 1, None).unwrap(),
-    )
-    .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-    .unwrap()
-    .to_string()
-}
-
-/// A users file of `(username, password, id, vars as YAML flow map)`.
-fn write_users(dir: &Path, users: &[(&str, &str, &str, &str)]) -> std::path::PathBuf {
-    let mut yaml = String::from("users:\n");
-    for (username, password, id, vars) in users {
-        yaml.push_str(&format!(
-            "  - username: \"{username}\"\n    password_hash: \"{}\"\n    id: \"{id}\"\n    vars: {vars}\n",
-            cheap_hash(password)
-        ));
-    }
-    let p = dir.join("sec-users.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
 
 fn routes(http: SocketAddr) -> Value {
     serde_json::json!([{"name": "shop", "kind": "controller", "path": "/controller/shop", "strip_prefix": true, "upstreams": [http.to_string()], "auth": "required"}, {"name": "public", "kind": "controller", "path": "/public", "upstreams": [http.to_string()], "auth": "public"}])
@@ -50,7 +20,7 @@ struct Opts<'a> {
     login: Value,
     /// The `sessions` block.
     sessions: Value,
-    /// `None`: the standard (expensive) users file.
+    /// `None`: the standard users file (alice and bob).
     users: Option<&'a [(&'a str, &'a str, &'a str, &'a str)]>,
     /// A login delegate instead of the users file.
     delegate: Option<SocketAddr>,
@@ -78,22 +48,20 @@ struct Env {
 async fn start(o: Opts<'_>) -> Env {
     let redis = Redis::spawn().await;
     let http = Upstream::http().await;
-    let dir = scratch_dir("sec");
-    let users = match o.users {
-        Some(list) => write_users(&dir, list),
-        None => users_file(&dir),
-    };
     let mut setup = Setup::redis(&redis)
         .routes(routes(http.addr))
         .sessions(o.sessions)
         .login(o.login);
+    if let Some(list) = o.users {
+        setup = setup.users(list);
+    }
     if let Some(d) = o.delegate {
         setup = setup.login(json!({
             "users_file": null,
             "delegate": {"url": format!("http://{d}/verify")},
         }));
     }
-    let gate = Gate::start_yaml(dir, &setup.text(0, 0, &users), o.args).await;
+    let gate = Gate::start_args(&setup, o.args).await;
     Env {
         _redis: redis,
         _http: http,
@@ -123,17 +91,7 @@ async fn sessions_of(gate: &Gate, user: &str) -> Vec<(String, String)> {
         .admin_req("GET", &format!("/admin/sessions?user={user}"))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_owned(),
-                s["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    ids_and_statuses(r.json()["sessions"].as_array().unwrap())
 }
 
 // ------------------------------------------------------------ item 2: vars by case

@@ -166,9 +166,7 @@ async fn admin_api_needs_its_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_json_line_per_request_and_never_the_ticket() {
     let e = env().await;
-    let dir = scratch_dir("log");
-    let users = users_file(&dir);
-    let gate = Gate::start_yaml(dir, &e.setup.text(0, 0, &users), &["--log-format", "json"]).await;
+    let gate = Gate::start_args(&e.setup, &["--log-format", "json"]).await;
     let (ticket, login) = gate.login("alice", "wonderland").await;
     let sid = login.json()["session"]["id"].as_str().unwrap().to_owned();
     gate.get("/controller/shop/items?secret=1", Some(&ticket))

@@ -236,22 +236,33 @@ pub(super) fn is_session_api(prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Why a route's `ca_file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CaError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not PEM: {0}")]
+    NotPem(#[source] x509_parser::error::PEMError),
+    #[error("a certificate that does not parse: {0}")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("holds no PEM certificate")]
+    Empty,
+}
+
 /// The certificates of a PEM file, as DER, each one checked to parse.
-pub(super) fn load_ca(file: &str) -> Result<Vec<Vec<u8>>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+pub(super) fn load_ca(file: &str) -> Result<Vec<Vec<u8>>, CaError> {
+    let pem = std::fs::read(file).map_err(CaError::Read)?;
     let mut ders = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
-        let block = block.map_err(|e| format!("not PEM: {e}"))?;
+        let block = block.map_err(CaError::NotPem)?;
         if block.label != "CERTIFICATE" {
             continue;
         }
-        block
-            .parse_x509()
-            .map_err(|e| format!("a certificate that does not parse: {e}"))?;
+        block.parse_x509().map_err(CaError::Parse)?;
         ders.push(block.contents);
     }
     if ders.is_empty() {
-        return Err("holds no PEM certificate".into());
+        return Err(CaError::Empty);
     }
     Ok(ders)
 }
