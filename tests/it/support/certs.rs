@@ -65,15 +65,7 @@ impl TestCerts {
             ],
         ];
         for args in steps {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("openssl must be installed (make test installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            openssl(args);
         }
         TestCerts {
             ca: dir.join("ca.pem"),
@@ -81,4 +73,17 @@ impl TestCerts {
             key: dir.join("server.key"),
         }
     }
+}
+
+/// Runs the `openssl` command; a failure fails the test with its stderr.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed (make test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
