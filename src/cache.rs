@@ -1,7 +1,8 @@
-//! The gate's two per-node caches: verified tickets ([`TicketCache`], found by a hash of the
-//! ticket's signature and confirmed against its whole text) and session liveness ([`LivenessCache`], voided by generation-stamped
-//! forgets so a store answer older than a revoke never vouches for the session). Both are
-//! bounded by byte budgets from the config.
+//! The gate's two per-node caches: verified tickets ([`TicketCache`], found by
+//! a hash of the ticket's signature and confirmed against its whole text) and
+//! session liveness ([`LivenessCache`], voided by generation-stamped forgets
+//! so a store answer older than a revoke never vouches for the session). Both
+//! are bounded by byte budgets from the config.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,13 +61,6 @@ fn signature_of(ticket: &str) -> &str {
     split_signature(ticket).1
 }
 
-/// Whether a presented ticket is byte for byte the cached one. Only the
-/// signature, the secret part, is compared in constant time; the text it
-/// signs (the base64 of header and claims) needs no such care, and a
-/// constant-time pass over all of a ticket's few hundred bytes costs about
-/// what the rest of a cache hit does. An entry is only reached through its
-/// key, a keyed hash of the signature, so a caller comparing here already
-/// holds it.
 /// The text before the last `.` and the signature after it (`memrchr`: the
 /// signature is the last 43 bytes of a ticket of several hundred).
 fn split_signature(ticket: &str) -> (&str, &str) {
@@ -79,6 +73,13 @@ fn split_signature(ticket: &str) -> (&str, &str) {
     }
 }
 
+/// Whether a presented ticket is byte for byte the cached one. Only the
+/// signature, the secret part, is compared in constant time; the text it
+/// signs (the base64 of header and claims) needs no such care, and a
+/// constant-time pass over all of a ticket's few hundred bytes costs about
+/// what the rest of a cache hit does. An entry is only reached through its
+/// key, a keyed hash of the signature, so a caller comparing here already
+/// holds it.
 fn same_text(cached: &str, presented: &str) -> bool {
     use subtle::ConstantTimeEq as _;
     let ((cached_signed, cached_sig), (signed, sig)) =
@@ -97,9 +98,10 @@ const TICKET_CACHE_TTL: Duration = Duration::from_secs(600);
 /// expiry is re-checked; the session's liveness is checked on every request
 /// regardless. The key is a keyed hash of the signature segment alone (43
 /// bytes to hash instead of the whole ticket; an HMAC output is already
-/// unique to its text), and every hit is compared with the whole text. Bounded by an estimate of the bytes it holds
-/// (`tickets.cache_max_bytes`), evicting the least used first, entry by
-/// entry. Lives in the config's `Settings`, so a reload (new keys) starts it empty.
+/// unique to its text), and every hit is compared with the whole text.
+/// Bounded by an estimate of the bytes it holds (`tickets.cache_max_bytes`),
+/// evicting the least used first, entry by entry. Lives in the config's
+/// `Settings`, so a reload (new keys) starts it empty.
 pub struct TicketCache {
     map: moka::sync::Cache<u64, Arc<Admitted>>,
     hasher: std::hash::RandomState,

@@ -1,8 +1,9 @@
 //! HTTP/1.1 message reading for the gate's own HTTP clients (a login
 //! delegate's answer, a WebSocket upstream's handshake answer), its built-in
-//! servers (the echo upstreams, the demo page) and the test harness: a pure, incremental parser of a head and its body framing
-//! (Content-Length, chunked with trailers, or until close) within bounded
-//! sizes, and a small async reader over any [`AsyncRead`] that drives it.
+//! servers (the echo upstreams, the demo page) and the test harness: a pure,
+//! incremental parser of a head and its body framing (Content-Length, chunked
+//! with trailers, or until close) within bounded sizes, and a small async
+//! reader over any [`AsyncRead`] that drives it.
 
 use std::io;
 use std::time::Duration;
