@@ -150,6 +150,8 @@ export class Session extends Emitter {
   #epoch = 0;
   #refreshing: Promise<SessionResource> | null = null;
   #timer: ReturnType<typeof setTimeout> | null = null;
+  /** The wait before the timer tries a failed refresh again (0: the last one worked). */
+  #retryDelay = 0;
   #channel: BroadcastChannel | null = null;
   #lastChange = "";
   /** The record id and status `#dead` last acted on, so a 4401 after a local logout is not acted on twice. */
@@ -742,11 +744,44 @@ export class Session extends Emitter {
     this.#timer = setTimeout(
       () => {
         this.#timer = null;
-        this.#fresh().catch(() => undefined);
+        void this.#timerRefresh();
       },
       Math.min(Math.max(0, delay), 2 ** 31 - 1),
     );
     (this.#timer as { unref?: () => void }).unref?.();
+  }
+
+  /**
+   * The timer's refresh. A transient failure (no network, a 5xx, a 429) is
+   * tried again, waiting 1 s doubling to 30 s (or the gate's `Retry-After`),
+   * while the session lasts: the old ticket may still be good until `exp`,
+   * and a page that makes no calls would otherwise let it run out.
+   */
+  async #timerRefresh(): Promise<void> {
+    if (!this.#active()) return;
+    // Node's timers may fire a millisecond before the wall clock reaches the
+    // moment they were set for: not due yet is not "nothing to do".
+    if (this.#now() < this.#dueAt()) {
+      this.#schedule(false);
+      return;
+    }
+    try {
+      await this.#refresh(false);
+      this.#retryDelay = 0;
+    } catch (err) {
+      if (!transient(err)) return;
+      const after = err instanceof SessionGateError && err.retryAfter ? err.retryAfter * 1000 : 0;
+      this.#retryDelay = Math.min(this.#retryDelay ? this.#retryDelay * 2 : 1000, 30_000);
+      if (this.#timer || !this.#active()) return;
+      this.#timer = setTimeout(
+        () => {
+          this.#timer = null;
+          void this.#timerRefresh();
+        },
+        Math.max(this.#retryDelay, after),
+      );
+      (this.#timer as { unref?: () => void }).unref?.();
+    }
   }
 
   #tab(msg: TabMessage): void {
@@ -807,4 +842,11 @@ export class Session extends Emitter {
     if (Object.keys(saved.sessions).length === 0) await this.#storage.remove(this.#key);
     else await this.#storage.write(this.#key, JSON.stringify(saved));
   }
+}
+
+/** Whether a failed call may work when tried again: no answer, a 5xx or a 429, not a refusal. */
+function transient(err: unknown): boolean {
+  if (!(err instanceof SessionGateError)) return true;
+  if (err.sessionEnded) return false;
+  return err.status === 0 || err.status === 429 || err.status >= 500;
 }

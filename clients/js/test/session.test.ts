@@ -35,6 +35,8 @@ const USERS = [
   "oscar",
   "paul",
   "quinn",
+  "rita",
+  "sam",
 ];
 
 beforeAll(async () => {
@@ -242,6 +244,37 @@ describe("refresh, by the timer and by info()", () => {
     const first = (s.expireAt as Date).getTime();
     const seen = changes(s);
     await until("a refresh by the timer", () => seen.some((e) => e.reason === "refresh"), 5000);
+    expect((s.expireAt as Date).getTime()).toBeGreaterThan(first);
+    s.dispose();
+  });
+
+  it("a timer that fires before the session's clock says the ticket is due waits the rest", async () => {
+    // A clock slower than the timers' (as Date.now() can be by a millisecond):
+    // the timer set for the due moment fires before this clock reaches it.
+    const start = Date.now();
+    const s = session({ refreshBefore: 3599, now: () => start + (Date.now() - start) * 0.9 });
+    await s.login({ username: "sam", password: "pw" });
+    const seen = changes(s);
+    await until("a refresh by the timer", () => seen.some((e) => e.reason === "refresh"), 5000);
+    s.dispose();
+  });
+
+  it("tries a timer refresh that failed again, after a backoff, until one works", async () => {
+    let failed = 0;
+    // The first refresh meets a network failure; every other call goes through.
+    const flaky: typeof fetch = (input, init) => {
+      if (String(input).endsWith("/refresh") && failed === 0) {
+        failed++;
+        return Promise.reject(new TypeError("fetch failed"));
+      }
+      return fetch(input, init);
+    };
+    const s = session({ refreshBefore: 3599, fetch: flaky });
+    await s.login({ username: "rita", password: "pw" });
+    const first = (s.expireAt as Date).getTime();
+    const seen = changes(s);
+    await until("a refresh after the failed one", () => seen.some((e) => e.reason === "refresh"), 8000);
+    expect(failed).toBe(1);
     expect((s.expireAt as Date).getTime()).toBeGreaterThan(first);
     s.dispose();
   });
