@@ -214,7 +214,12 @@ impl Gate {
     ) -> Option<String> {
         eventually(within, || async {
             let r = self.try_login(user, password).await;
-            (r.status == 201).then(|| r.json()["ticket"].as_str().unwrap_or_default().to_owned())
+            (r.status == 201).then(|| {
+                r.json()["ticket"]
+                    .as_str()
+                    .expect("a 201 login carries a ticket")
+                    .to_owned()
+            })
         })
         .await
     }

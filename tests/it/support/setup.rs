@@ -30,8 +30,11 @@ pub fn ids_and_statuses(sessions: &[serde_json::Value]) -> Vec<(String, String)>
         .iter()
         .map(|s| {
             (
-                s["id"].as_str().unwrap_or_default().to_owned(),
-                s["status"].as_str().unwrap_or_default().to_owned(),
+                s["id"].as_str().expect("a session has an id").to_owned(),
+                s["status"]
+                    .as_str()
+                    .expect("a session has a status")
+                    .to_owned(),
             )
         })
         .collect()
