@@ -106,6 +106,8 @@ fn main() {
         // The bench stops it with SIGTERM between runs: do not sit out Pingora's 300 s default.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        // The gate's setting: timeouts of a second or more on tokio's timer.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

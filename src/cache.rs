@@ -96,15 +96,29 @@ const TICKET_CACHE_TTL: Duration = Duration::from_secs(600);
 /// Verified tickets: a repeat of a ticket (byte for byte the same text)
 /// skips the HMAC, the JSON decoding and the header building. Only the
 /// expiry is re-checked; the session's liveness is checked on every request
-/// regardless. The key is a keyed hash of the signature segment alone (43
-/// bytes to hash instead of the whole ticket; an HMAC output is already
-/// unique to its text), and every hit is compared with the whole text.
+/// regardless. The key is taken from the signature segment ([`key`]), and
+/// every hit is compared with the whole text.
 /// Bounded by an estimate of the bytes it holds (`tickets.cache_max_bytes`),
 /// evicting the least used first, entry by entry. Lives in the config's
 /// `Settings`, so a reload (new keys) starts it empty.
 pub struct TicketCache {
     map: moka::sync::Cache<u64, Arc<Admitted>>,
-    hasher: std::hash::RandomState,
+}
+
+/// A ticket's map key: the first 16 bytes of its signature folded into a word.
+/// A signature is an HMAC output, so those bytes already spread tickets as a
+/// hash would, without hashing. A forged ticket can choose them, which buys it
+/// nothing: a key only finds an entry, which must then be the same text
+/// ([`same_text`]); only verified tickets are put; and the map hashes its keys
+/// again with its own random state, so chosen keys do not crowd its buckets.
+fn key(ticket: &str) -> u64 {
+    let sig = signature_of(ticket).as_bytes();
+    let mut word = [0u8; 16];
+    let n = sig.len().min(word.len());
+    word[..n].copy_from_slice(&sig[..n]);
+    let (lo, hi) = word.split_at(8);
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    word(lo) ^ word(hi).rotate_left(29)
 }
 
 impl TicketCache {
@@ -115,19 +129,13 @@ impl TicketCache {
                 .weigher(|_, a: &Arc<Admitted>| a.weight())
                 .time_to_live(TICKET_CACHE_TTL)
                 .build(),
-            hasher: std::hash::RandomState::new(),
         }
-    }
-
-    fn key(&self, ticket: &str) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.hasher.hash_one(signature_of(ticket))
     }
 
     /// The entry for exactly this text, whatever its expiry.
     fn exact(&self, ticket: &str) -> Option<Arc<Admitted>> {
         self.map
-            .get(&self.key(ticket))
+            .get(&key(ticket))
             .filter(|a| same_text(&a.ticket, ticket))
     }
 
@@ -148,7 +156,7 @@ impl TicketCache {
     }
 
     pub(crate) fn put(&self, ticket: &str, admitted: Arc<Admitted>) {
-        self.map.insert(self.key(ticket), admitted);
+        self.map.insert(key(ticket), admitted);
     }
 
     /// Entries and their estimated bytes (after pending evictions ran).

@@ -4,7 +4,8 @@
 //!
 //! Pingora 0.9 only times each read of a head, resetting on every byte, so a
 //! head trickled one byte at a time is never cut. [`Downstream`] reads each
-//! head itself, under one deadline, and hands the bytes to Pingora's session
+//! head itself, under one deadline (the connection's [`Deadline`], kept by a
+//! sweeper rather than a timer per request), and hands the bytes to Pingora's session
 //! as its pipelined prefix, which Pingora parses without reading again.
 //! HTTP/2 connections go to Pingora whole, with the idle limit as its
 //! `h2_idle_timeout`, once their connection preface has come within the head
@@ -29,6 +30,7 @@ use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::deadline::Deadline;
 use crate::gate::Gate;
 use crate::path::same_authority;
 use crate::reject::Reject;
@@ -116,9 +118,12 @@ where
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        // Both once per connection, not per request.
+        let deadline = Deadline::new();
+        let mut watch = shutdown.clone();
         loop {
             let limits = self.limits();
-            let head = match read_head(&mut stream, first, limits, shutdown).await {
+            let head = match read_head(&mut stream, first, limits, &mut watch, &deadline).await {
                 Head::Ready(head) => head,
                 Head::Closed => return None,
                 Head::TimedOut { partial } => {
@@ -184,59 +189,56 @@ where
 /// within `limits.header` of the start; on a kept-alive connection the next
 /// request may take `limits.keepalive` to begin, and its head
 /// `limits.header` from its first byte. An idle kept-alive connection is
-/// closed at once when the gate shuts down.
+/// closed at once when the gate shuts down. `deadline` is the connection's,
+/// disarmed again on return.
 async fn read_head(
     stream: &mut Stream,
     first: bool,
     limits: Limits,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
+    deadline: &Deadline,
 ) -> Head {
     if !first && *shutdown.borrow() {
         return Head::Closed;
     }
-    let mut shutdown = shutdown.clone();
     let mut buf = BytesMut::with_capacity(HEAD_BUF);
     let mut scan = HeadScan::default();
-    let start = Instant::now();
-    let mut deadline = start
-        + if first {
-            limits.header
-        } else {
-            limits.keepalive
-        };
-    loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return Head::TimedOut {
-                partial: !buf.is_empty(),
-            };
-        };
+    deadline.arm_in(if first {
+        limits.header
+    } else {
+        limits.keepalive
+    });
+    let head = loop {
         let idle = buf.is_empty();
-        let read = pingora::prelude::timeout(left, stream.read_buf(&mut buf));
         // Only a kept-alive connection waiting for its next request is closed
         // at shutdown. A new one was accepted before it and its client is
         // sending its first request (a graceful upgrade hands the listener
         // over meanwhile): it is served, within the head deadline.
-        let res = tokio::select! {
-            res = read => res,
-            _ = shutdown.changed(), if idle && !first => return Head::Closed,
+        let read = tokio::select! {
+            biased;
+            res = stream.read_buf(&mut buf) => Some(res),
+            () = deadline.expired() => None,
+            _ = shutdown.changed(), if idle && !first => break Head::Closed,
         };
-        match res {
-            Err(_) => {
-                return Head::TimedOut {
+        match read {
+            None => {
+                break Head::TimedOut {
                     partial: !buf.is_empty(),
                 };
             }
-            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
-            Ok(Ok(_)) => {}
+            Some(Ok(0) | Err(_)) => break Head::Closed,
+            Some(Ok(_)) => {}
+        }
+        if scan.complete(&buf) || buf.len() > MAX_HEAD {
+            break Head::Ready(buf);
         }
         if idle && !first {
             // The next request began: its head gets the head deadline.
-            deadline = Instant::now() + limits.header;
+            deadline.arm_in(limits.header);
         }
-        if scan.complete(&buf) || buf.len() > MAX_HEAD {
-            return Head::Ready(buf);
-        }
-    }
+    };
+    deadline.disarm();
+    head
 }
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).

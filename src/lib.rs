@@ -48,6 +48,7 @@ pub mod config;
 #[cfg(test)]
 mod conformance;
 pub mod credentials;
+pub mod deadline;
 pub mod downstream;
 pub mod echo;
 pub mod events;

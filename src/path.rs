@@ -253,6 +253,10 @@ fn rewrite(path: &str) -> Result<String, PathError> {
 
 /// Whether a segment is `.` or `..`, with or without `;` parameters.
 fn is_dot_head(seg: &[u8]) -> bool {
+    // The head is a prefix of the segment: most segments are ruled out by their first byte.
+    if seg.first() != Some(&b'.') {
+        return false;
+    }
     // `%3B` counts as `;`: `..%3Bx` is `..` to an upstream that decodes, then splits.
     let head = std::str::from_utf8(seg).map_or(seg, |s| segment_head(s).as_bytes());
     let head = head.split(|&b| b == b';').next().unwrap_or_default();

@@ -109,6 +109,12 @@ pub fn run(
         work_stealing: false,
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.as_secs().max(1)),
+        // Every timeout of a second or more (the routes' upstream timeouts, the
+        // pool's idle limit) on tokio's timer wheel, in the task's own runtime,
+        // rather than Pingora's fast timer, whose 10 ms buckets a clock thread
+        // fires from another core: nearly all of these are cancelled, which the
+        // wheel does in place (README, Performance, run K).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let (store, redis) = build_store(&cfg)?;

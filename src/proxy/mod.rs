@@ -47,7 +47,7 @@ use crate::route::Route;
 use crate::settings::Settings;
 use crate::upstream_tls::UpstreamTls;
 use answer::{respond, status_label};
-use rewrite::{Forward, X_FORWARDED_FOR, drop_upgrade, rewrite_request};
+use rewrite::{Forward, X_FORWARDED_FOR_NAME, drop_upgrade, rewrite_request};
 use target::{Upgrade, request_authority, upgrade_of, within_limits};
 
 /// Pooled upstream connections idle longer than this are closed.
@@ -178,7 +178,7 @@ fn client_of(session: &Session, s: &Settings) -> Option<ClientAddr> {
     let xff = session
         .req_header()
         .headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR_NAME)
         .iter()
         .filter_map(|v| v.to_str().ok());
     let clients = &s.config.clients;
@@ -193,6 +193,11 @@ fn client_of(session: &Session, s: &Settings) -> Option<ClientAddr> {
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
+
+    /// None: Pingora's default is a response compression module at level 0,
+    /// which never compresses for the gate but costs every request its context
+    /// and a call in each of four phases.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {

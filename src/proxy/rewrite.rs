@@ -17,7 +17,10 @@ use crate::route::Route;
 use crate::settings::Settings;
 
 // Names as `&'static str`: Pingora keeps them for its case map without copying.
-pub(super) const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// The same name for lookups, which a `&str` would make parse it again each time.
+pub(super) const X_FORWARDED_FOR_NAME: http::HeaderName =
+    http::HeaderName::from_static(X_FORWARDED_FOR);
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
@@ -200,9 +203,10 @@ pub(super) fn rewrite_request(
     }
     // Only the gate's view of the client goes upstream: what the client sent
     // survives only as the believed client kept it (SPEC 6).
-    up.remove_header(X_FORWARDED_FOR);
-    if let Some(c) = f.client {
-        up.insert_header(X_FORWARDED_FOR, c.forwarded_for.clone())?;
+    // (An insert replaces every value the client sent.)
+    match f.client {
+        Some(c) => up.insert_header(X_FORWARDED_FOR, c.forwarded_for.clone())?,
+        None => drop(up.remove_header(&X_FORWARDED_FOR_NAME)),
     }
     up.insert_header(X_FORWARDED_PROTO, proto_value(f.scheme))?;
     let req = client;

@@ -1,0 +1,203 @@
+//! Deadlines for request heads without a timer per request. Each client
+//! connection holds one [`Deadline`], armed before a head is read and disarmed
+//! once it is complete; one sweeper thread looks at every live deadline each
+//! [`TICK`] and wakes the connections whose instant has passed.
+//!
+//! Why not a timer: Pingora's fast timeout registers one per call in a shared
+//! tree, with clock reads and a notifier each, and for a keep-alive request
+//! that was the largest single cost the gate's HTTP/1 loop added on top of
+//! stock Pingora (README, Performance). Arming here is one clock read and one
+//! atomic store; the head deadlines it keeps are seconds long, and a tick of
+//! lateness is within what they promise.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// How often the sweeper looks; a deadline fires at most this late.
+pub const TICK: Duration = Duration::from_millis(10);
+const DISARMED: u64 = u64::MAX;
+
+/// What a connection and the sweeper share.
+struct Shared {
+    /// Microseconds since the sweeper's epoch, or [`DISARMED`].
+    at: AtomicU64,
+    notify: Notify,
+}
+
+struct Sweeper {
+    epoch: Instant,
+    watched: Mutex<Vec<Arc<Shared>>>,
+}
+
+impl Sweeper {
+    fn micros(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_micros()).unwrap_or(DISARMED - 1)
+    }
+
+    /// One look at every deadline: those gone with their connection are
+    /// dropped, those passed are woken (a permit stays if nobody waits, and
+    /// the waiter checks the instant again, so a late one is harmless).
+    fn sweep(&self) {
+        let now = self.micros(Instant::now());
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        watched.retain(|d| {
+            if Arc::strong_count(d) == 1 {
+                return false;
+            }
+            if d.at.load(Ordering::Acquire) <= now {
+                d.notify.notify_one();
+            }
+            true
+        });
+    }
+}
+
+/// The one sweeper, and its thread, started by the first deadline.
+fn sweeper() -> &'static Sweeper {
+    static SWEEPER: OnceLock<Sweeper> = OnceLock::new();
+    SWEEPER.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("head deadlines".into())
+            .spawn(|| {
+                let s = sweeper();
+                loop {
+                    std::thread::sleep(TICK);
+                    s.sweep();
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread no head deadline fires: say so loudly, once.
+            tracing::error!(error = %e, "cannot start the head-deadline thread");
+        }
+        Sweeper {
+            epoch: Instant::now(),
+            watched: Mutex::new(Vec::new()),
+        }
+    })
+}
+
+/// One connection's deadline: armed for one head at a time.
+pub struct Deadline {
+    shared: Arc<Shared>,
+}
+
+impl Default for Deadline {
+    fn default() -> Deadline {
+        Deadline::new()
+    }
+}
+
+impl Deadline {
+    /// A disarmed deadline, watched by the sweeper until it is dropped.
+    pub fn new() -> Deadline {
+        let shared = Arc::new(Shared {
+            at: AtomicU64::new(DISARMED),
+            notify: Notify::new(),
+        });
+        sweeper()
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&shared));
+        Deadline { shared }
+    }
+
+    /// Arms the deadline `limit` from now.
+    pub fn arm_in(&self, limit: Duration) {
+        let s = sweeper();
+        let at = s
+            .micros(Instant::now())
+            .saturating_add(u64::try_from(limit.as_micros()).unwrap_or(DISARMED - 1));
+        self.shared
+            .at
+            .store(at.min(DISARMED - 1), Ordering::Release);
+    }
+
+    pub fn disarm(&self) {
+        self.shared.at.store(DISARMED, Ordering::Release);
+    }
+
+    /// Whether the armed instant has passed.
+    pub fn passed(&self) -> bool {
+        let at = self.shared.at.load(Ordering::Acquire);
+        at != DISARMED && sweeper().micros(Instant::now()) >= at
+    }
+
+    /// Resolves once the armed instant has passed (at most a [`TICK`] late);
+    /// never while disarmed. A wake-up left from an earlier head is checked
+    /// against the instant in force and waited past.
+    pub async fn expired(&self) {
+        loop {
+            self.shared.notify.notified().await;
+            if self.passed() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn an_armed_deadline_fires_after_its_instant_and_soon_after() {
+        let d = Deadline::new();
+        let start = Instant::now();
+        d.arm_in(Duration::from_millis(60));
+        tokio::time::timeout(PATIENCE, d.expired())
+            .await
+            .expect("fired");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(60), "{took:?}");
+        assert!(d.passed());
+    }
+
+    #[tokio::test]
+    async fn a_disarmed_deadline_never_fires() {
+        let d = Deadline::new();
+        d.arm_in(Duration::from_millis(20));
+        d.disarm();
+        // Several sweeps pass meanwhile.
+        let waited = tokio::time::timeout(TICK * 15, d.expired()).await;
+        assert!(waited.is_err(), "a disarmed deadline fired");
+        assert!(!d.passed());
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_left_from_an_earlier_head_does_not_fire_the_next() {
+        let d = Deadline::new();
+        d.arm_in(Duration::ZERO);
+        tokio::time::timeout(PATIENCE, d.expired())
+            .await
+            .expect("fired");
+        // The sweeper goes on notifying until it sees the next instant: the
+        // permits it leaves must not end the next head's wait.
+        std::thread::sleep(TICK * 3);
+        let start = Instant::now();
+        d.arm_in(Duration::from_millis(150));
+        tokio::time::timeout(PATIENCE, d.expired())
+            .await
+            .expect("fired");
+        assert!(start.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn dropped_deadlines_leave_the_sweepers_list() {
+        let mine = Deadline::new();
+        let watched = Arc::downgrade(&mine.shared);
+        // The connection's and the sweeper's.
+        assert_eq!(watched.strong_count(), 2);
+        drop(mine);
+        sweeper().sweep();
+        assert!(
+            watched.upgrade().is_none(),
+            "the sweeper kept a closed connection's deadline"
+        );
+    }
+}
