@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::listeners::Ipv4Text;
+use crate::iptext::{Ipv4Text, push_ip};
 use crate::logwriter::LineSink;
 
 /// One request's line.
@@ -139,15 +139,6 @@ fn push_u64(out: &mut String, n: u64) {
         Ok(n) => push_padded(out, n, 1),
         Err(_) => {
             let _ = write!(out, "{n}");
-        }
-    }
-}
-
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => out.push_str(Ipv4Text::new(v4).as_str()),
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
         }
     }
 }

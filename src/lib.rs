@@ -58,6 +58,7 @@ pub mod health;
 pub mod http1;
 pub mod identity;
 pub mod inflight;
+pub mod iptext;
 pub mod listeners;
 pub mod login;
 pub mod logs;

@@ -24,6 +24,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 use crate::config::Cidr;
+use crate::iptext::push_ip;
 
 /// The PROXY header and the TLS handshake together must be done within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -417,10 +418,10 @@ pub fn client_addr<'a>(
     let Some(client) = client else {
         return alone(peer);
     };
-    let mut chain: Vec<u8> = Vec::with_capacity(64);
+    let mut chain = String::with_capacity(64);
     for e in &entries[..keep] {
-        chain.extend_from_slice(e.as_bytes());
-        chain.extend_from_slice(b", ");
+        chain.push_str(e);
+        chain.push_str(", ");
     }
     push_ip(&mut chain, client);
     // The entries came from header values that were valid text, and the
@@ -435,61 +436,9 @@ pub fn client_addr<'a>(
     }
 }
 
-/// An address as `Display` writes it; IPv4, the usual case, without the
-/// formatting machinery.
-pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => out.extend_from_slice(Ipv4Text::new(v4).as_str().as_bytes()),
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
-/// An IPv4 address's dotted text on the stack, as `Display` writes it.
-pub struct Ipv4Text {
-    buf: [u8; 15],
-    len: usize,
-}
-
-impl Ipv4Text {
-    pub fn new(ip: std::net::Ipv4Addr) -> Ipv4Text {
-        let mut t = Ipv4Text {
-            buf: [0; 15],
-            len: 0,
-        };
-        for (i, octet) in ip.octets().into_iter().enumerate() {
-            if i > 0 {
-                t.push(b'.');
-            }
-            if octet >= 100 {
-                t.push(b'0' + octet / 100);
-            }
-            if octet >= 10 {
-                t.push(b'0' + octet / 10 % 10);
-            }
-            t.push(b'0' + octet % 10);
-        }
-        t
-    }
-
-    fn push(&mut self, b: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII digits and dots went in.
-        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
-    }
-}
-
 /// One address as a header value.
 fn ip_value(ip: IpAddr) -> http::HeaderValue {
-    let mut text = Vec::with_capacity(15);
+    let mut text = String::with_capacity(15);
     push_ip(&mut text, ip);
     // Digits, dots, colons and hex: always a valid value.
     http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
@@ -534,20 +483,6 @@ mod tests {
         let c = client_addr(ip(peer), proxied, xff.iter().copied(), &cidrs(trusted));
         let xff = c.forwarded_for.to_str().unwrap_or_default().to_owned();
         (c.ip.to_string(), xff)
-    }
-
-    #[test]
-    fn ipv4_text_is_what_display_writes() {
-        for ip in [
-            "0.0.0.0",
-            "1.2.3.4",
-            "10.20.30.40",
-            "255.255.255.255",
-            "192.0.2.109",
-        ] {
-            let v4: std::net::Ipv4Addr = ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-            assert_eq!(Ipv4Text::new(v4).as_str(), v4.to_string());
-        }
     }
 
     #[test]
