@@ -1,7 +1,8 @@
 //! Deadlines for request heads without a timer per request. Each client
 //! connection holds one [`Deadline`], armed before a head is read and disarmed
 //! once it is complete; one sweeper thread looks at every live deadline each
-//! [`TICK`] and wakes the connections whose instant has passed.
+//! [`TICK`] and wakes the connections whose instant has passed (and sleeps
+//! while there are none).
 //!
 //! Why not a timer: Pingora's fast timeout registers one per call in a shared
 //! tree, with clock reads and a notifier each, and for a keep-alive request
@@ -30,6 +31,9 @@ struct Shared {
 struct Sweeper {
     epoch: Instant,
     watched: Mutex<Vec<Arc<Shared>>>,
+    /// The sweeper's thread, unparked by the first deadline after it found
+    /// none to watch.
+    thread: Option<std::thread::Thread>,
 }
 
 impl Sweeper {
@@ -40,7 +44,8 @@ impl Sweeper {
     /// One look at every deadline: those gone with their connection are
     /// dropped, those passed are woken (a permit stays if nobody waits, and
     /// the waiter checks the instant again, so a late one is harmless).
-    fn sweep(&self) {
+    /// Whether any are left to watch.
+    fn sweep(&self) -> bool {
         let now = self.micros(Instant::now());
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         watched.retain(|d| {
@@ -52,6 +57,7 @@ impl Sweeper {
             }
             true
         });
+        !watched.is_empty()
     }
 }
 
@@ -65,16 +71,26 @@ fn sweeper() -> &'static Sweeper {
                 let s = sweeper();
                 loop {
                     std::thread::sleep(TICK);
-                    s.sweep();
+                    // A gate with no client connections wakes nobody: the
+                    // next deadline unparks the thread (an unpark that comes
+                    // first makes this park return at once).
+                    if !s.sweep() {
+                        std::thread::park();
+                    }
                 }
             });
-        if let Err(e) = spawned {
-            // Without the thread no head deadline fires: say so loudly, once.
-            tracing::error!(error = %e, "cannot start the head-deadline thread");
-        }
+        let thread = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(e) => {
+                // Without the thread no head deadline fires: say so loudly, once.
+                tracing::error!(error = %e, "cannot start the head-deadline thread");
+                None
+            }
+        };
         Sweeper {
             epoch: Instant::now(),
             watched: Mutex::new(Vec::new()),
+            thread,
         }
     })
 }
@@ -97,11 +113,15 @@ impl Deadline {
             at: AtomicU64::new(DISARMED),
             notify: Notify::new(),
         });
-        sweeper()
-            .watched
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(&shared));
+        let s = sweeper();
+        let first = {
+            let mut watched = s.watched.lock().unwrap_or_else(PoisonError::into_inner);
+            watched.push(Arc::clone(&shared));
+            watched.len() == 1
+        };
+        if first && let Some(t) = &s.thread {
+            t.unpark();
+        }
         Deadline { shared }
     }
 
@@ -185,6 +205,18 @@ mod tests {
             .await
             .expect("fired");
         assert!(start.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_deadline_after_an_idle_spell_still_fires() {
+        // With nothing to watch the sweeper parks (several ticks pass here).
+        drop(Deadline::new());
+        std::thread::sleep(TICK * 5);
+        let d = Deadline::new();
+        d.arm_in(Duration::from_millis(30));
+        tokio::time::timeout(PATIENCE, d.expired())
+            .await
+            .expect("the sweeper woke for a new deadline");
     }
 
     #[test]
