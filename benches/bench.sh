@@ -2,7 +2,7 @@
 # make bench: the release gate against its engine and against what users would build instead,
 # on loopback, in one run.
 #
-#   benches/bench.sh [--duration 5s] [--warmup 1s] [--rounds 3] [--connections "32 64"]
+#   benches/bench.sh [--duration 5s] [--warmup 1s] [--rounds 5] [--connections "32 64"]
 #                    [--threads 1] [--ws N] [--profile ROW] [--callgrind ROW]
 #
 # Starts, each on free 127.0.0.1 ports and each stopped by PID on exit:
@@ -62,7 +62,7 @@ source "$root/benches/lib.sh"
 
 duration=5s
 warmup=1s
-rounds=3
+rounds=5
 conns_list="32 64"
 threads=1
 ws=0
