@@ -390,28 +390,54 @@ impl SentinelSet {
     }
 }
 
-/// Waits until what `master` holds reached at least one replica (`WAIT 1`):
-/// replication is asynchronous, and a failover test needs its writes there.
+/// Waits until what `master` holds reached at least one replica: its
+/// replication offset now, acknowledged by a replica. (`WAIT` would not do: it
+/// only waits for the writes of its own connection, and the gates wrote on
+/// theirs, so it returned at once whatever the replica had.) Replication is
+/// asynchronous, and a failover test needs its writes there.
 pub async fn wait_replicated(master: &Redis) -> bool {
     let con = master
         .client()
         .get_multiplexed_async_connection()
         .await
         .expect("master connection");
+    let info = |mut con: redis::aio::MultiplexedConnection| async move {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query_async::<String>(&mut con)
+            .await
+            .ok()
+    };
+    let Some(target) = info(con.clone())
+        .await
+        .as_deref()
+        .and_then(|i| info_field(i, "master_repl_offset"))
+    else {
+        return false;
+    };
     eventually(Duration::from_secs(10), || {
-        let mut con = con.clone();
+        let con = con.clone();
         async move {
-            let n: i64 = redis::cmd("WAIT")
-                .arg(1)
-                .arg(200)
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            (n >= 1).then_some(())
+            let now = info(con).await?;
+            // `slave0:ip=…,port=…,state=online,offset=1234,lag=0`
+            let acked = now
+                .lines()
+                .filter(|l| l.starts_with("slave"))
+                .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")))
+                .filter_map(|o| o.trim().parse::<u64>().ok())
+                .any(|o| o >= target);
+            acked.then_some(())
         }
     })
     .await
     .is_some()
+}
+
+/// A `name:value` line of `INFO`, as a number.
+fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A Redis Sentinel watching `master` (as `mymaster`), quick to act: 1 s to
