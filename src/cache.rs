@@ -117,8 +117,8 @@ fn key(ticket: &str) -> u64 {
     let n = sig.len().min(word.len());
     word[..n].copy_from_slice(&sig[..n]);
     let (lo, hi) = word.split_at(8);
-    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-    word(lo) ^ word(hi).rotate_left(29)
+    let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    le(lo) ^ le(hi).rotate_left(29)
 }
 
 impl TicketCache {

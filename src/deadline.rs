@@ -165,14 +165,19 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(5);
 
+    /// Waits for `d` to fire, failing the test past [`PATIENCE`].
+    async fn fired(d: &Deadline) {
+        tokio::time::timeout(PATIENCE, d.expired())
+            .await
+            .expect("the deadline fired");
+    }
+
     #[tokio::test]
     async fn an_armed_deadline_fires_after_its_instant_and_soon_after() {
         let d = Deadline::new();
         let start = Instant::now();
         d.arm_in(Duration::from_millis(60));
-        tokio::time::timeout(PATIENCE, d.expired())
-            .await
-            .expect("fired");
+        fired(&d).await;
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(60), "{took:?}");
         assert!(d.passed());
@@ -193,17 +198,13 @@ mod tests {
     async fn a_wake_up_left_from_an_earlier_head_does_not_fire_the_next() {
         let d = Deadline::new();
         d.arm_in(Duration::ZERO);
-        tokio::time::timeout(PATIENCE, d.expired())
-            .await
-            .expect("fired");
+        fired(&d).await;
         // The sweeper goes on notifying until it sees the next instant: the
         // permits it leaves must not end the next head's wait.
         std::thread::sleep(TICK * 3);
         let start = Instant::now();
         d.arm_in(Duration::from_millis(150));
-        tokio::time::timeout(PATIENCE, d.expired())
-            .await
-            .expect("fired");
+        fired(&d).await;
         assert!(start.elapsed() >= Duration::from_millis(150));
     }
 
@@ -214,9 +215,7 @@ mod tests {
         std::thread::sleep(TICK * 5);
         let d = Deadline::new();
         d.arm_in(Duration::from_millis(30));
-        tokio::time::timeout(PATIENCE, d.expired())
-            .await
-            .expect("the sweeper woke for a new deadline");
+        fired(&d).await;
     }
 
     #[test]
